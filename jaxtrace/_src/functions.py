@@ -1,0 +1,121 @@
+"""The public functions: tr(expm(scale X X^T)) and its logarithm."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from jaxtrace._src.operator import evaluate
+from jaxtrace._src.validation import prepare_scale, prepare_x
+
+
+def _run(name: str, x: Any, scale: Any, log: bool) -> jax.Array:
+    x, out_dtype = prepare_x(name, x)
+    s = prepare_scale(name, scale, x.dtype)
+    return evaluate(x, s, log).astype(out_dtype)
+
+
+def trace_expm_gram(x: Any, *, scale: Any = 1.0) -> jax.Array:
+    r"""Trace of the matrix exponential of a scaled Gram matrix.
+
+    .. math::
+
+        f(X) = \operatorname{tr} \exp(s\,X X^\top)
+             = \sum_{i=1}^{k} e^{s\mu_i} + \max(n - m, 0),
+
+    where :math:`\mu_i` are the eigenvalues of the smaller Gram matrix
+    (:math:`X^\top X` if :math:`n \ge m`, else :math:`X X^\top`), of size
+    :math:`k = \min(n, m)`. The gradient is
+
+    .. math::
+
+        \nabla_X f = 2s\,\exp(s\,XX^\top)\,X = 2s\,X \exp(s\,X^\top X),
+        \qquad \frac{\partial f}{\partial s} = \sum_i \mu_i e^{s\mu_i},
+
+    formed from the same eigendecomposition; the larger Gram matrix is never
+    built. Plain evaluation computes eigenvalues only. Second derivatives
+    (``jax.hessian``, ``jax.jacrev(jax.grad(f))``, Hessian-vector products via
+    ``jax.jvp(jax.grad(f), ...)``) use the Daleckii--Krein formula and stay
+    exact and finite at repeated eigenvalues. ``jax.jvp`` of the function itself
+    is not available (it is a ``jax.custom_vjp``).
+
+    The value overflows once the largest eigenvalue of :math:`s XX^\top`
+    exceeds about 88.7 in float32 (709.8 in float64); use
+    :func:`log_trace_expm_gram` there.
+
+    Args:
+      x: real array of shape ``(..., n, m)``; leading dimensions are a batch.
+        float32 and float64 are kept; integer and bool arrays are promoted to
+        JAX's default float; float16 and bfloat16 are computed in float32 and
+        returned in their own dtype.
+      scale: real scalar :math:`s` (Python number or scalar array), any sign.
+        Differentiable when it is an array.
+
+    Returns:
+      Array of shape ``(...)`` in the (promoted) dtype of ``x``.
+
+    Raises:
+      TypeError: if ``x`` is not an array, or has a complex or non-numeric
+        dtype, or if ``scale`` is not a real number or real scalar array.
+      ValueError: if ``x.ndim < 2`` or ``scale`` is not a scalar.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxtrace import trace_expm_gram
+      >>> x = jnp.array([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]])
+      >>> trace_expm_gram(x, scale=0.5)  # e^0.5 + e^2 + 1
+      Array(10.037626, dtype=float32)
+      >>> jax.grad(trace_expm_gram)(x)  # 2 X expm(X^T X)
+      Array([[  5.4365635,   0.       ],
+             [  0.       , 218.39261  ],
+             [  0.       ,   0.       ]], dtype=float32)
+    """
+    return _run("trace_expm_gram", x, scale, log=False)
+
+
+def log_trace_expm_gram(x: Any, *, scale: Any = 1.0) -> jax.Array:
+    r"""Logarithm of :func:`trace_expm_gram`, free of overflow.
+
+    .. math::
+
+        L(X) = \log \operatorname{tr} \exp(s\,XX^\top)
+             = \operatorname{logsumexp}\bigl(s\mu_1, \dots, s\mu_k,
+               \underbrace{0, \dots, 0}_{\max(n-m,0)}\bigr),
+
+    with gradients
+
+    .. math::
+
+        \nabla_X L = 2s\,X\,V \operatorname{diag}(w) V^\top,
+        \qquad \frac{\partial L}{\partial s} = \sum_i \mu_i w_i,
+        \qquad w_i = e^{s\mu_i - L},
+
+    where :math:`X^\top X = V \operatorname{diag}(\mu) V^\top` (tall case;
+    :math:`XX^\top` for wide ``x``). The weights :math:`w` are softmax weights
+    and never exceed 1, so value and gradient are finite for every finite
+    ``x`` whose largest eigenvalue :math:`s\mu_{\max}` is representable. For
+    large :math:`s\mu_{\max}`, :math:`L \approx s\,\sigma_{\max}(X)^2`: a
+    smooth surrogate of the squared spectral norm. Shapes, dtypes, ``scale``
+    and second derivatives behave as in :func:`trace_expm_gram`.
+
+    Args:
+      x: real array of shape ``(..., n, m)``; leading dimensions are a batch.
+      scale: real scalar :math:`s` (Python number or scalar array), any sign.
+
+    Returns:
+      Array of shape ``(...)`` in the (promoted) dtype of ``x``. An empty
+      ``(0, m)`` matrix gives ``-inf`` (the log of an empty trace).
+
+    Raises:
+      TypeError: as :func:`trace_expm_gram`.
+      ValueError: as :func:`trace_expm_gram`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxtrace import log_trace_expm_gram
+      >>> x = jnp.array([[30.0, 0.0], [0.0, 1.0]])
+      >>> log_trace_expm_gram(x)  # log(e^900 + e^1): the plain trace overflows
+      Array(900., dtype=float32)
+    """
+    return _run("log_trace_expm_gram", x, scale, log=True)

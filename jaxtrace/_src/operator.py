@@ -1,0 +1,57 @@
+"""The custom-VJP operator behind the public functions."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxtrace._src.spectral import (
+    gram_eigenvalues,
+    value_and_grads,
+    value_from_eigenvalues,
+    zero_eigenvalue_count,
+)
+
+
+class _Residuals(NamedTuple):
+    grad_x: jax.Array  # (..., n, m) d value / d x
+    grad_scale: jax.Array  # (...,) d value / d scale
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _op(x: jax.Array, s: jax.Array, log: bool) -> jax.Array:
+    # Undifferentiated calls need the eigenvalues only: no expm, no gradient.
+    return value_from_eigenvalues(gram_eigenvalues(x), s, zero_eigenvalue_count(x), log)
+
+
+def _op_fwd(x: jax.Array, s: jax.Array, log: bool):
+    # The primal is computed inline (not through _op) so that forward-mode
+    # differentiation of this rule, as in jax.hessian, stays possible.
+    value, grad_x, grad_scale = value_and_grads(x, s, log)
+    return value, _Residuals(grad_x, grad_scale)
+
+
+def _op_bwd(log: bool, res: _Residuals, ct: jax.Array):
+    del log
+    return ct[..., None, None] * res.grad_x, jnp.sum(ct * res.grad_scale)
+
+
+_op.defvjp(_op_fwd, _op_bwd)
+
+
+def evaluate(x: jax.Array, s: jax.Array, log: bool) -> jax.Array:
+    """Runs the operator on prepared inputs, empty matrices included."""
+    n, m = x.shape[-2:]
+    if min(n, m) == 0:
+        # No Gram to decompose: n - m zero eigenvalues, or none at all.
+        count = max(n - m, 0)
+        if log:
+            value = math.log(count) if count else -math.inf
+        else:
+            value = float(count)
+        return jnp.full(x.shape[:-2], value, dtype=x.dtype)
+    return _op(x, s, log)

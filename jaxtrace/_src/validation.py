@@ -1,0 +1,92 @@
+"""Trace-time checks and dtype promotion shared by the public functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# LAPACK, cuSOLVER and the TPU eigensolver have no half-precision kernels.
+_HALF_DTYPES = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
+
+
+def _describe(obj: Any) -> str:
+    dtype = getattr(obj, "dtype", None)
+    if dtype is not None:
+        return f"{type(obj).__name__} of dtype {dtype}"
+    return type(obj).__name__
+
+
+def _is_array(obj: Any) -> bool:
+    return isinstance(obj, (jax.Array, np.ndarray, np.generic)) or hasattr(
+        obj, "__jax_array__"
+    )
+
+
+def prepare_x(name: str, x: Any) -> tuple[jax.Array, jnp.dtype]:
+    """Checks ``x`` and returns it in the dtype the computation runs in.
+
+    Returns:
+      ``(x, out_dtype)``: ``x`` cast to float32/float64 for the computation and
+      the dtype in which the value and the gradient are handed back.
+    """
+    if not _is_array(x):
+        raise TypeError(
+            f"{name}: expected x to be a JAX or NumPy array of shape (..., n, m), "
+            f"got {_describe(x)}."
+        )
+    if hasattr(x, "__jax_array__") and not isinstance(x, (jax.Array, np.ndarray)):
+        x = x.__jax_array__()
+    dtype = np.dtype(x.dtype)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        raise TypeError(
+            f"{name}: expected x to be a real array (floating, integer or bool), "
+            f"got complex dtype {dtype}. The operator is defined for real X only."
+        )
+    if not (
+        jnp.issubdtype(dtype, jnp.floating)
+        or jnp.issubdtype(dtype, jnp.integer)
+        or dtype == np.bool_
+    ):
+        raise TypeError(
+            f"{name}: expected x to have a real floating, integer or bool dtype, "
+            f"got dtype {dtype}."
+        )
+    if np.ndim(x) < 2:
+        raise ValueError(
+            f"{name}: expected x of shape (..., n, m) with ndim >= 2, "
+            f"got shape {tuple(np.shape(x))} (ndim {np.ndim(x)})."
+        )
+    if jnp.issubdtype(dtype, jnp.floating):
+        out_dtype = jnp.dtype(dtype)
+        compute_dtype = jnp.dtype(jnp.float32) if out_dtype in _HALF_DTYPES else out_dtype
+    else:
+        out_dtype = compute_dtype = jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
+    return jnp.asarray(x).astype(compute_dtype), out_dtype
+
+
+def prepare_scale(name: str, scale: Any, dtype: jnp.dtype) -> jax.Array:
+    """Checks ``scale`` (a real scalar) and casts it to the compute dtype."""
+    if isinstance(scale, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected scale to be a real number, got bool.")
+    if isinstance(scale, (int, float)):
+        return jnp.asarray(scale, dtype=dtype)
+    if not _is_array(scale):
+        raise TypeError(
+            f"{name}: expected scale to be a real Python number or a scalar "
+            f"JAX/NumPy array, got {_describe(scale)}."
+        )
+    sdtype = np.dtype(scale.dtype)
+    if not (jnp.issubdtype(sdtype, jnp.floating) or jnp.issubdtype(sdtype, jnp.integer)):
+        raise TypeError(
+            f"{name}: expected scale to have a real floating or integer dtype, "
+            f"got dtype {sdtype}."
+        )
+    if np.ndim(scale) != 0:
+        raise ValueError(
+            f"{name}: expected scale to be a scalar (shape ()), got shape "
+            f"{tuple(np.shape(scale))}. Use jax.vmap to map over several scales."
+        )
+    return jnp.asarray(scale).astype(dtype)
