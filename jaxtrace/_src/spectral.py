@@ -134,7 +134,9 @@ def _value_and_grads_jvp(log, primals, tangents):
     phi = _exp_divided_differences(sp.lam, sp.shift)
     d_wmat = similarity(sp.v, phi * d_lam) - d_shift[..., None, None] * sp.wmat
     d_grad_x = 2 * ds * sp.xw + 2 * s * (apply(dx, sp.wmat, wide) + apply(x, d_wmat, wide))
-    d_grad_s = jnp.sum(sp.w * d_gram_diag + sp.mu * sp.w * (d_lam_diag - d_shift[..., None]), axis=-1)
+    d_grad_s = jnp.sum(
+        sp.w * d_gram_diag + sp.mu * sp.w * (d_lam_diag - d_shift[..., None]), axis=-1
+    )
 
     primal_out = (sp.value, 2 * s * sp.xw, jnp.sum(sp.mu * sp.w, axis=-1))
     return primal_out, (d_value, d_grad_x, d_grad_s)

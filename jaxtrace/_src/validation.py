@@ -20,9 +20,7 @@ def _describe(obj: Any) -> str:
 
 
 def _is_array(obj: Any) -> bool:
-    return isinstance(obj, (jax.Array, np.ndarray, np.generic)) or hasattr(
-        obj, "__jax_array__"
-    )
+    return isinstance(obj, (jax.Array, np.ndarray, np.generic)) or hasattr(obj, "__jax_array__")
 
 
 def prepare_x(name: str, x: Any) -> tuple[jax.Array, jnp.dtype]:
@@ -51,8 +49,7 @@ def prepare_x(name: str, x: Any) -> tuple[jax.Array, jnp.dtype]:
         or dtype == np.bool_
     ):
         raise TypeError(
-            f"{name}: expected x to have a real floating, integer or bool dtype, "
-            f"got dtype {dtype}."
+            f"{name}: expected x to have a real floating, integer or bool dtype, got dtype {dtype}."
         )
     if np.ndim(x) < 2:
         raise ValueError(
@@ -81,8 +78,7 @@ def prepare_scale(name: str, scale: Any, dtype: jnp.dtype) -> jax.Array:
     sdtype = np.dtype(scale.dtype)
     if not (jnp.issubdtype(sdtype, jnp.floating) or jnp.issubdtype(sdtype, jnp.integer)):
         raise TypeError(
-            f"{name}: expected scale to have a real floating or integer dtype, "
-            f"got dtype {sdtype}."
+            f"{name}: expected scale to have a real floating or integer dtype, got dtype {sdtype}."
         )
     if np.ndim(scale) != 0:
         raise ValueError(
