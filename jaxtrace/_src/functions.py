@@ -65,7 +65,7 @@ def trace_expm_gram(x: Any, *, scale: Any = 1.0) -> jax.Array:
       >>> from jaxtrace import trace_expm_gram
       >>> x = jnp.array([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]])
       >>> trace_expm_gram(x, scale=0.5)  # e^0.5 + e^2 + 1
-      Array(10.037626, dtype=float32)
+      Array(10.037777, dtype=float32)
       >>> jax.grad(trace_expm_gram)(x)  # 2 X expm(X^T X)
       Array([[  5.4365635,   0.       ],
              [  0.       , 218.39261  ],

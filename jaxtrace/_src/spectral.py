@@ -49,14 +49,20 @@ def gram_eigenvalues(x: jax.Array) -> jax.Array:
     return mu
 
 
+def _exp(a: jax.Array) -> jax.Array:
+    # XLA:CPU's float32 exp can turn a NaN that stems from a constant (eigh's
+    # failure value) into a finite number (jax-ml/jax#29537); keep NaN as NaN.
+    return jnp.where(jnp.isnan(a), a, jnp.exp(a))
+
+
 def _log_sum_exp(lam: jax.Array, n_zero: int) -> jax.Array:
     """log(sum(exp(lam)) + n_zero) without overflow; n_zero is static."""
     top = jnp.max(lam, axis=-1)
     if n_zero:
         top = jnp.maximum(top, 0)
-    total = jnp.sum(jnp.exp(lam - top[..., None]), axis=-1)
+    total = jnp.sum(_exp(lam - top[..., None]), axis=-1)
     if n_zero:
-        total = total + n_zero * jnp.exp(-top)
+        total = total + n_zero * _exp(-top)
     return top + jnp.log(total)
 
 
@@ -65,7 +71,7 @@ def value_from_eigenvalues(mu: jax.Array, s: jax.Array, n_zero: int, log: bool) 
     lam = s * mu
     if log:
         return _log_sum_exp(lam, n_zero)
-    return jnp.sum(jnp.exp(lam), axis=-1) + n_zero
+    return jnp.sum(_exp(lam), axis=-1) + n_zero
 
 
 class _Spectrum(NamedTuple):
@@ -85,7 +91,7 @@ def _spectrum(x: jax.Array, s: jax.Array, log: bool) -> _Spectrum:
     lam = s * mu
     value = value_from_eigenvalues(mu, s, zero_eigenvalue_count(x), log)
     shift = value if log else jnp.zeros_like(value)
-    w = jnp.exp(lam - shift[..., None])
+    w = _exp(lam - shift[..., None])
     wmat = congruence(v, w)
     return _Spectrum(mu, v, lam, shift, w, wmat, apply(x, wmat, wide), value)
 
@@ -109,7 +115,7 @@ def _exp_divided_differences(lam: jax.Array, shift: jax.Array) -> jax.Array:
     positive = gap > 0
     safe_gap = jnp.where(positive, gap, 1)
     ratio = jnp.where(positive, -jnp.expm1(-safe_gap) / safe_gap, 1)
-    return jnp.exp(jnp.maximum(li, lj) - shift[..., None, None]) * ratio
+    return _exp(jnp.maximum(li, lj) - shift[..., None, None]) * ratio
 
 
 @value_and_grads.defjvp

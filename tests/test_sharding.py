@@ -1,0 +1,217 @@
+"""jaxtrace on a mesh of 8 devices: values, gradient shardings, communication.
+
+The device count is fixed when JAX starts, so the checks run in a subprocess
+(``tests/sharding_check.py``) with ``--xla_force_host_platform_device_count=8``;
+this process keeps its single device. The subprocess prints a JSON report per
+case (a layout of ``x`` on an explicit- or auto-axis mesh) with errors against
+the unsharded computation, result shardings and the collectives of the compiled
+programs; the tests below assert on it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).with_name("sharding_check.py")
+N_DEVICES = 8
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={N_DEVICES}"
+    ).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    env.pop("JAX_ENABLE_X64", None)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _cases(report, **match):
+    """The cases that ran (failures are reported by test_every_case_runs) matching ``match``."""
+    cases = [
+        c for c in report["cases"] if "error" not in c and all(c[k] == v for k, v in match.items())
+    ]
+    assert cases, f"no case matches {match}"
+    return cases
+
+
+def _label(case) -> str:
+    return f"{case['name']}[{case['axis_type']}, {case['fn']}, {case['dtype']}]"
+
+
+def _matrix_dims_sharded(case) -> bool:
+    return any(e is not None for e in case["x_spec"][-2:])
+
+
+def _local_batch(case) -> int:
+    """Matrices per device: the batch size over the shards of the batch dimensions."""
+    sizes = case["mesh"]
+    shards = 1
+    for entry in case["x_spec"][:-2]:
+        for axis in [entry] if isinstance(entry, str) else entry or []:
+            shards *= sizes[axis]
+    return case["batch"] // shards
+
+
+def _is_gram(case, shape) -> bool:
+    """A (local batch of) k x k Gram matrices."""
+    k = case["k"]
+    return list(shape[-2:]) == [k, k] and math.prod(shape[:-2]) == _local_batch(case)
+
+
+def test_runs_on_eight_devices(report):
+    assert report["devices"] == N_DEVICES
+    # Explicit and auto meshes, 1-D and 2-D, every layout kind, both functions, both dtypes.
+    cases = _cases(report)
+    assert {c["axis_type"] for c in cases} == {"explicit", "auto"}
+    assert {c["kind"] for c in cases} == {"contract", "move", "free"}
+    assert {c["fn"] for c in cases} == {"log", "trace"}
+    assert {c["dtype"] for c in cases} == {"float32", "float64"}
+    assert {len(c["mesh"]) for c in cases} == {1, 2}
+    assert sum(math.prod(c["mesh"].values()) == N_DEVICES for c in cases) == len(cases)
+
+
+def test_every_case_runs(report):
+    errors = [f"{_label(c)}: {c['error']}" for c in report["cases"] if "error" in c]
+    assert not errors, "\n".join(errors)
+
+
+def test_values_and_gradients_match_unsharded(report):
+    failures = []
+    for case in _cases(report):
+        tol = report["tolerance"][case["dtype"]]
+        for key in ("value_err", "loss_err", "grad_err", "scale_grad_err"):
+            if not case[key] <= tol:
+                failures.append(f"{_label(case)}: {key} = {case[key]:.3g} > {tol:.0e}")
+        if not case["finite"]:
+            failures.append(f"{_label(case)}: non-finite loss or gradient")
+    assert not failures, "\n".join(failures)
+
+
+def test_gradient_keeps_the_sharding_of_x(report):
+    failures = []
+    for case in _cases(report):
+        if case["grad_spec"] != case["x_spec"]:
+            failures.append(f"{_label(case)}: grad {case['grad_spec']} != x {case['x_spec']}")
+        if case["axis_type"] == "explicit" and case["grad_type_spec"] != case["x_spec"]:
+            failures.append(f"{_label(case)}: typeof(grad) {case['grad_type_spec']}")
+        if case["grad_dtype"] != case["dtype"]:
+            failures.append(f"{_label(case)}: grad dtype {case['grad_dtype']}")
+        # The values keep the sharding of the batch dimensions (replicated scalars otherwise).
+        if case["value_spec"] != case["x_spec"][:-2]:
+            failures.append(f"{_label(case)}: value {case['value_spec']}")
+    assert not failures, "\n".join(failures)
+
+
+def _check_gram_all_reduces(case, colls, program, allow_scalars) -> list[str]:
+    """Only all-reduces, of k x k Grams (one, if a matrix dimension is sharded) or scalars."""
+    errors = []
+    grams = 0
+    for c in colls:
+        if c["kind"] != "all-reduce":
+            errors.append(f"{_label(case)} {program}: unexpected {c['kind']} {c['shapes']}")
+            continue
+        for shape in c["shapes"]:
+            if _is_gram(case, shape):
+                grams += 1
+            elif not (allow_scalars and shape == []):
+                errors.append(f"{_label(case)} {program}: all-reduce of {shape}")
+    expected = 1 if _matrix_dims_sharded(case) else 0
+    if grams != expected:
+        errors.append(f"{_label(case)} {program}: {grams} Gram all-reduces, expected {expected}")
+    return errors
+
+
+def test_contracted_dimension_sharded_all_reduces_the_gram_only(report):
+    """Rows of tall / columns of wide x, or batch dims: no gather, one k x k all-reduce."""
+    failures = []
+    for case in _cases(report, kind="contract"):
+        failures += _check_gram_all_reduces(case, case["value_collectives"], "value", False)
+        # Scalars: the sum over a sharded batch in the loss, never an n x m array.
+        failures += _check_gram_all_reduces(case, case["vg_collectives"], "value_and_grad", True)
+    assert not failures, "\n".join(failures)
+
+
+def test_batch_sharded_value_needs_no_communication(report):
+    for case in _cases(report, name="batch"):
+        assert case["value_collectives"] == [], _label(case)
+        assert all(
+            c["kind"] == "all-reduce" and all(s == [] for s in c["shapes"])
+            for c in case["vg_collectives"]
+        ), _label(case)
+
+
+def test_k_dimension_sharded_moves_shards_with_all_to_all_under_explicit_axes(report):
+    """Columns of tall / rows of wide x: one all-to-all of each device's shard onto the
+    contracted dimension (and one back for the gradient), one k x k all-reduce, no gather."""
+    failures = []
+    for case in _cases(report, kind="move", axis_type="explicit"):
+        for program, colls, n_moves in (
+            ("value", case["value_collectives"], 1),
+            ("value_and_grad", case["vg_collectives"], 2),
+        ):
+            moves = [c for c in colls if c["kind"] == "all-to-all"]
+            if len(moves) != n_moves:
+                failures.append(f"{_label(case)} {program}: {len(moves)} all-to-alls")
+            for c in moves:
+                if c["elements"] != case["local_elements"]:
+                    failures.append(
+                        f"{_label(case)} {program}: all-to-all of {c['elements']} elements, "
+                        f"a shard has {case['local_elements']}"
+                    )
+            rest = [c for c in colls if c["kind"] != "all-to-all"]
+            failures += _check_gram_all_reduces(case, rest, program, program != "value")
+    assert not failures, "\n".join(failures)
+
+
+def test_indivisible_fallback_gathers_along_k_only(report):
+    """When the contracted dimension cannot take the mesh axis, x is gathered along k once."""
+    for case in _cases(report, kind="free", axis_type="explicit"):
+        for colls in (case["value_collectives"], case["vg_collectives"]):
+            assert [c["kind"] for c in colls] == ["all-gather"], _label(case)
+            assert colls[0]["elements"] == case["x_elements"], _label(case)
+
+
+def test_no_program_sends_more_than_x(report):
+    # A sanity bound for every layout, auto ones included: no collective moves more
+    # elements than x holds in all (k x k Grams and shards stay well below it).
+    for case in _cases(report):
+        for c in case["value_collectives"] + case["vg_collectives"]:
+            assert c["elements"] <= case["x_elements"], (_label(case), c)
+            assert c["kind"] not in ("reduce-scatter", "collective-permute"), (_label(case), c)
+
+
+def test_other_entry_points(report):
+    extras = report["extras"]
+    tol = report["tolerance"]["float32"]
+    for key in ("eager_explicit", "vmap_explicit", "vmap_auto", "shard_map_explicit"):
+        for err in ("value_err", "grad_err"):
+            if err in extras[key]:
+                assert extras[key][err] <= tol, (key, err, extras[key][err])
+    assert extras["eager_explicit"]["grad_spec"] == ["d", None]
+    for key in ("vmap_explicit", "vmap_auto"):
+        # A batch-sharded stack under jit(vmap): sharded results, no communication.
+        assert extras[key]["value_spec"] == ["d"]
+        assert extras[key]["grad_spec"] == ["d", None, None]
+        assert extras[key]["value_collectives"] == []
+        assert extras[key]["grad_collectives"] == []
+    assert extras["shard_map_explicit"]["value_collectives"] == []
