@@ -79,8 +79,9 @@ class _Spectrum(NamedTuple):
     v: jax.Array  # (..., k, k) its eigenvectors
     lam: jax.Array  # (..., k) s * mu
     shift: jax.Array  # (...,) 0 for the trace, the log-trace for the log
-    w: jax.Array  # (..., k) exp(lam - shift)
-    wmat: jax.Array  # (..., k, k) V diag(w) V^T = expm(s G) / exp(shift)
+    norm: jax.Array  # (...,) 1 for the trace, sum of exp(eigenvalues - shift) for the log
+    w: jax.Array  # (..., k) exp(lam - shift) / norm
+    wmat: jax.Array  # (..., k, k) V diag(w) V^T = expm(s G) / (exp(shift) norm)
     xw: jax.Array  # (..., n, m) x W (tall) or W x (wide)
     value: jax.Array  # (...,)
 
@@ -89,11 +90,24 @@ def _spectrum(x: jax.Array, s: jax.Array, log: bool) -> _Spectrum:
     wide = is_wide(x)
     mu, v = _eigh(gram(x, wide))
     lam = s * mu
-    value = value_from_eigenvalues(mu, s, zero_eigenvalue_count(x), log)
-    shift = value if log else jnp.zeros_like(value)
-    w = _exp(lam - shift[..., None])
+    n_zero = zero_eigenvalue_count(x)
+    value = value_from_eigenvalues(mu, s, n_zero, log)
+    if log:
+        shift = value
+        w = _exp(lam - shift[..., None])
+        # The rounded log-trace leaves sum(w) = 1 + O(eps * max|lam|); dividing
+        # by the sum restores softmax weights that sum to one, without which
+        # derivatives through the scale lose all accuracy in clustered spectra.
+        norm = jnp.sum(w, axis=-1)
+        if n_zero:
+            norm = norm + n_zero * _exp(-shift)
+        w = w / norm[..., None]
+    else:
+        shift = jnp.zeros_like(value)
+        norm = jnp.ones_like(value)
+        w = _exp(lam)
     wmat = congruence(v, w)
-    return _Spectrum(mu, v, lam, shift, w, wmat, apply(x, wmat, wide), value)
+    return _Spectrum(mu, v, lam, shift, norm, w, wmat, apply(x, wmat, wide), value)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
@@ -137,7 +151,7 @@ def _value_and_grads_jvp(log, primals, tangents):
     d_shift = d_value if log else jnp.zeros_like(d_value)
 
     # Daleckii-Krein: d expm(A)[E] = V (Phi o (V^T E V)) V^T.
-    phi = _exp_divided_differences(sp.lam, sp.shift)
+    phi = _exp_divided_differences(sp.lam, sp.shift) / sp.norm[..., None, None]
     d_wmat = similarity(sp.v, phi * d_lam) - d_shift[..., None, None] * sp.wmat
     d_grad_x = 2 * ds * sp.xw + 2 * s * (apply(dx, sp.wmat, wide) + apply(x, d_wmat, wide))
     d_grad_s = jnp.sum(
