@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--warmup",
         type=int,
-        default=1,
-        help="untimed calls after the checking call; none for calls over 1 s (1)",
+        default=3,
+        help="untimed calls after the checking call; none for calls over 1 s (3)",
     )
     p.add_argument(
         "--budget",

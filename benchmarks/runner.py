@@ -114,7 +114,9 @@ def _measure(
        slower than :data:`SLOW_CALL_S` is taken as warm after its first call,
        as one-time costs are then negligible and the budget is better spent on
        timed rounds.
-    4. ``repeats`` interleaved rounds (A, B, A, B, ...), fewer where the rest
+    4. ``repeats`` interleaved rounds (A, B, A, B, ...); within a round a fast
+       program repeats its call until the round lasts ``timing.MIN_ROUND_S``
+       and counts the mean. Fewer rounds where the rest
        of the case's budget does not allow them, as predicted from the warm-up
        or as it runs out (never below 3).
 
@@ -151,16 +153,21 @@ def _measure(
     phases["warmup"] = time.perf_counter() - mark
 
     repeats = budget.choose_repeats(
-        settings.repeats, time.perf_counter() - started, sum(last), settings.limits.case_budget_s
+        settings.repeats,
+        time.perf_counter() - started,
+        sum(max(t, timing.MIN_ROUND_S) for t in last),
+        settings.limits.case_budget_s,
     )
     mark = time.perf_counter()
     deadline = started + settings.limits.case_budget_s
+    calls = [timing.calls_per_round(seconds) for seconds in last]
     times = timing.interleaved(
-        progs, [s.args for s in specs], repeats, deadline, min(repeats, budget.MIN_REPEATS)
+        progs, [s.args for s in specs], repeats, deadline, min(repeats, budget.MIN_REPEATS), calls
     )
     phases["timed"] = time.perf_counter() - mark
 
     record["repeats"] = len(times[0])
+    record["calls_per_round"] = {p.name: c for p, c in zip(progs, calls, strict=True)}
     record["phases_s"] = phases
     record["programs"] = {
         p.name: {**timing.summary(p, t), "first_call_s": f[1], "warmup_calls": w}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -62,11 +63,30 @@ def timed_run(program: Compiled, args: Sequence[Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
-def call_seconds(program: Compiled, args: Sequence[Any]) -> float:
-    """Wall-clock seconds of one call, results ready (asynchronous dispatch included)."""
+# A timed round of a fast program repeats its call until the round lasts this
+# long (as timeit does): a single sub-millisecond call that follows a slow
+# program mostly measures caches and thread pools waking up.
+MIN_ROUND_S = 0.1
+MAX_CALLS_PER_ROUND = 1000
+
+
+def call_seconds(program: Compiled, args: Sequence[Any], calls: int = 1) -> float:
+    """Mean wall-clock seconds of ``calls`` consecutive calls, each waited for.
+
+    Every call is blocked on (``block_until_ready``), so this is latency with
+    asynchronous dispatch included, not pipelined throughput.
+    """
     start = time.perf_counter()
-    jax.block_until_ready(program.executable(*args))
-    return time.perf_counter() - start
+    for _ in range(calls):
+        jax.block_until_ready(program.executable(*args))
+    return (time.perf_counter() - start) / calls
+
+
+def calls_per_round(seconds_per_call: float) -> int:
+    """How many consecutive calls make one timed round last :data:`MIN_ROUND_S`."""
+    if seconds_per_call >= MIN_ROUND_S:
+        return 1
+    return min(MAX_CALLS_PER_ROUND, math.ceil(MIN_ROUND_S / max(seconds_per_call, 1e-7)))
 
 
 def interleaved(
@@ -75,6 +95,7 @@ def interleaved(
     repeats: int,
     deadline: float | None = None,
     min_repeats: int = 1,
+    calls: Sequence[int] | None = None,
 ) -> list[list[float]]:
     """Times the programs in turn, A, B, A, B, ..., up to ``repeats`` rounds.
 
@@ -89,16 +110,19 @@ def interleaved(
         once ``min_repeats`` are done (calls can turn much slower than the
         warm-up predicted on a busy host).
       min_repeats: rounds always completed.
+      calls: consecutive calls per round of each program (see
+        :func:`calls_per_round`); one each by default.
 
     Returns:
-      For each program, its call times in seconds, one per completed round.
+      For each program, its mean call time in seconds, one per completed round.
     """
+    calls = [1] * len(programs) if calls is None else list(calls)
     times: list[list[float]] = [[] for _ in programs]
     for done in range(repeats):
         if deadline is not None and done >= min_repeats and time.perf_counter() > deadline:
             break
         for i, program in enumerate(programs):
-            times[i].append(call_seconds(program, args[i]))
+            times[i].append(call_seconds(program, args[i], calls[i]))
     return times
 
 
