@@ -57,7 +57,8 @@ def prepare_x(name: str, x: Any) -> tuple[jax.Array, jnp.dtype]:
             f"got shape {tuple(np.shape(x))} (ndim {np.ndim(x)})."
         )
     if jnp.issubdtype(dtype, jnp.floating):
-        out_dtype = jnp.dtype(dtype)
+        # As jnp does: float64 NumPy input is float32 unless x64 is enabled.
+        out_dtype = jnp.dtype(jax.dtypes.canonicalize_dtype(dtype))
         compute_dtype = jnp.dtype(jnp.float32) if out_dtype in _HALF_DTYPES else out_dtype
     else:
         out_dtype = compute_dtype = jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
