@@ -110,11 +110,14 @@ def _spectrum(x: jax.Array, s: jax.Array, log: bool) -> _Spectrum:
     return _Spectrum(mu, v, lam, shift, norm, w, wmat, apply(x, wmat, wide), value)
 
 
+def _outputs(sp: _Spectrum, s: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    return sp.value, 2 * s * sp.xw, jnp.sum(sp.mu * sp.w, axis=-1)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def value_and_grads(x: jax.Array, s: jax.Array, log: bool):
     """(value, d value / d x, d value / d s) from one eigendecomposition."""
-    sp = _spectrum(x, s, log)
-    return sp.value, 2 * s * sp.xw, jnp.sum(sp.mu * sp.w, axis=-1)
+    return _outputs(_spectrum(x, s, log), s)
 
 
 def _exp_divided_differences(lam: jax.Array, shift: jax.Array) -> jax.Array:
@@ -158,5 +161,4 @@ def _value_and_grads_jvp(log, primals, tangents):
         sp.w * d_gram_diag + sp.mu * sp.w * (d_lam_diag - d_shift[..., None]), axis=-1
     )
 
-    primal_out = (sp.value, 2 * s * sp.xw, jnp.sum(sp.mu * sp.w, axis=-1))
-    return primal_out, (d_value, d_grad_x, d_grad_s)
+    return _outputs(sp, s), (d_value, d_grad_x, d_grad_s)
