@@ -1,0 +1,117 @@
+"""Prints the accuracy figures quoted in issues and notes: ``python -m tests.accuracy_report``.
+
+Not a test module (pytest collects ``test_*.py`` only); the bounds themselves
+are asserted in the test suite. References are independent of jaxtrace: mpmath
+(``tests.reference``) and autodiff through ``jax.scipy.linalg.expm`` (the peer).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtrace import log_trace_expm_gram, trace_expm_gram
+from tests.reference import log_peer, mp_dscale, mp_trace_expm_gram, peer, rel_err
+
+
+def _orthonormal(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    q, _ = np.linalg.qr(rng.standard_normal((n, k)))
+    return q
+
+
+def _with_singular_values(n: int, m: int, sv, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    k = len(sv)
+    return _orthonormal(rng, n, k) @ np.diag(sv) @ _orthonormal(rng, m, k).T
+
+
+def first_order() -> None:
+    """Value, gradient and d/dscale against mpmath, worst over shapes and scales."""
+    f = lambda x, s: trace_expm_gram(x, scale=s)  # noqa: E731
+    for dt in ("float32", "float64"):
+        worst = dict.fromkeys(("value", "grad_x", "d/dscale"), 0.0)
+        with jax.enable_x64(dt == "float64"):
+            for shape in [(5, 3), (3, 5), (4, 4), (1, 1)]:
+                for s in [1.0, 0.3, 0.0, -0.7, 2.5]:
+                    rng = np.random.default_rng([0, *shape])
+                    x = jnp.asarray(0.5 * rng.standard_normal(shape), dt)
+                    xr = np.asarray(x, np.float64)
+                    v, g = mp_trace_expm_gram(xr, s)
+                    jv, (jg, jd) = jax.value_and_grad(f, argnums=(0, 1))(x, jnp.asarray(s, dt))
+                    worst["value"] = max(worst["value"], rel_err(jv, v), rel_err(f(x, s), v))
+                    worst["grad_x"] = max(worst["grad_x"], rel_err(jg, g))
+                    worst["d/dscale"] = max(worst["d/dscale"], rel_err(jd, mp_dscale(xr, s)))
+        print(
+            f"first order vs mpmath, {dt}: " + ", ".join(f"{k} {e:.1e}" for k, e in worst.items())
+        )
+
+
+DEGENERATE = {
+    "zero 4x3": np.zeros((4, 3)),
+    "zero 3x4": np.zeros((3, 4)),
+    "orthonormal 4x3": _orthonormal(np.random.default_rng(0), 4, 3),
+    "repeated sv (2,2,1) 4x3": _with_singular_values(4, 3, [2.0, 2.0, 1.0]) / 2,
+    "repeated sv (2,2,1) 3x4": _with_singular_values(3, 4, [2.0, 2.0, 1.0]) / 2,
+    "rank-deficient 4x3": _with_singular_values(4, 3, [1.0, 0.5]),
+    "rank-deficient 3x4": _with_singular_values(3, 4, [1.0, 0.5]),
+    "0.8 I 3x3": 0.8 * np.eye(3),
+    "40x3 repeated sv": _with_singular_values(40, 3, [0.7, 0.7, 0.3]),
+}
+
+
+def hessians() -> None:
+    """Hessian in x against the peer's at repeated eigenvalues, worst over four scales."""
+    pairs = [("trace", trace_expm_gram, peer), ("log", log_trace_expm_gram, log_peer)]
+    for dt in ("float64", "float32"):
+        with jax.enable_x64(True):
+            for name, x in DEGENERATE.items():
+                errs = []
+                for fname, f, ref in pairs:
+                    worst = 0.0
+                    for s in [1.0, 0.5, -0.7, 0.0]:
+                        want = jax.hessian(lambda y, s=s, ref=ref: ref(y, s))(jnp.asarray(x))
+                        xs = jnp.asarray(x, dt)
+                        got = jax.jit(jax.hessian(lambda y, s=s, f=f: f(y, scale=s)))(xs)
+                        if not bool(jnp.all(jnp.isfinite(got))):
+                            worst = float("nan")
+                            break
+                        worst = max(worst, rel_err(got, want))
+                    errs.append(f"{fname} {worst:.1e}")
+                print(f"hessian vs peer, {dt}, {name}: " + ", ".join(errs))
+
+
+LARGE = [
+    ("float32", (4, 3), [300.0, 120.0, 5.0]),
+    ("float32", (4, 3), [3000.0, 1000.0, 1.0]),
+    ("float32", (3, 4), [3.0e4, 1.0e4, 2.0]),
+    ("float64", (4, 3), [700.0, 300.0, 1.0]),
+    ("float64", (3, 4), [1.0e4, 5.0e3, 3.0]),
+    ("float64", (4, 3), [1.0e5, 5.0e4, 3.0]),
+    ("float64", (4, 3), [1.0e5, 1.0e5, 3.0]),
+]
+
+
+def large_eigenvalues() -> None:
+    """log_trace_expm_gram against mpmath where the plain trace overflows."""
+    f = lambda x, s: log_trace_expm_gram(x, scale=s)  # noqa: E731
+    for dt, shape, lam in LARGE:
+        with jax.enable_x64(dt == "float64"):
+            x = jnp.asarray(_with_singular_values(*shape, np.sqrt(lam)), dt)
+            xr = np.asarray(x, np.float64)
+            v, g = mp_trace_expm_gram(xr, 1.0, log=True)
+            jv, (jg, jd) = jax.value_and_grad(f, argnums=(0, 1))(x, jnp.asarray(1.0, dt))
+            plain = trace_expm_gram(x)
+            print(
+                f"log vs mpmath, {dt}, lambda_max {max(lam):g}: value {rel_err(jv, v):.1e}, "
+                f"grad_x {rel_err(jg, g):.1e}, "
+                f"d/dscale {rel_err(jd, mp_dscale(xr, 1.0, log=True)):.1e}; "
+                f"finite: {bool(jnp.isfinite(jv) & jnp.all(jnp.isfinite(jg)))}; "
+                f"plain trace {float(plain):.3g}"
+            )
+
+
+if __name__ == "__main__":
+    first_order()
+    hessians()
+    large_eigenvalues()
