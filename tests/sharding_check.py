@@ -267,9 +267,27 @@ def extras() -> dict:
         xb = jax.device_put(xb_host, NamedSharding(mesh, P("d", None, None)))
         sm = jax.jit(jax.shard_map(log_trace, mesh=mesh, in_specs=P("d"), out_specs=P("d")))
         sm_exe = sm.lower(xb).compile()
+
+        # Gradients inside shard_map, in x and in a replicated scale (whose
+        # cotangent is the psum of the devices' contributions).
+        def local_loss(x, s):
+            return jaxtrace.log_trace_expm_gram(x, scale=s).sum()
+
+        smg = jax.jit(
+            jax.shard_map(
+                jax.grad(local_loss, argnums=(0, 1)),
+                mesh=mesh,
+                in_specs=(P("d"), P()),
+                out_specs=(P("d"), P()),
+            )
+        )
+        gx, gs = smg(xb, jnp.asarray(SCALE, jnp.float32))
+        want_gs = jax.grad(local_loss, argnums=1)(jnp.asarray(xb_host), SCALE)
         out["shard_map_explicit"] = {
             "value_err": _rel_err(sm_exe(xb), ref),
             "value_collectives": collectives(sm_exe.as_text()),
+            "grad_err": _rel_err(gx, ref_grad),
+            "scale_grad_err": _rel_err(gs, want_gs),
         }
 
     # jit(vmap(...)) over a batch-sharded stack of matrices.

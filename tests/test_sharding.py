@@ -215,3 +215,6 @@ def test_other_entry_points(report):
         assert extras[key]["value_collectives"] == []
         assert extras[key]["grad_collectives"] == []
     assert extras["shard_map_explicit"]["value_collectives"] == []
+    # Gradients inside shard_map: in x, and in a replicated scale (psummed).
+    assert extras["shard_map_explicit"]["grad_err"] <= tol
+    assert extras["shard_map_explicit"]["scale_grad_err"] <= tol

@@ -43,6 +43,24 @@ def _op_bwd(log: bool, res: _Residuals, ct: jax.Array):
 _op.defvjp(_op_fwd, _op_bwd)
 
 
+def _varying_axes(a: jax.Array) -> frozenset:
+    """The manual mesh axes (inside ``shard_map``) over which ``a`` varies."""
+    aval = jax.typeof(a)
+    mat = getattr(aval, "mat", None)
+    varying = getattr(mat, "varying", None) if mat is not None else getattr(aval, "vma", None)
+    return frozenset(varying or ())
+
+
+def _vary_like(s: jax.Array, x: jax.Array) -> jax.Array:
+    """Marks ``s`` as varying wherever ``x`` does.
+
+    Inside ``shard_map`` the scale's cotangent varies with ``x``, and a custom
+    VJP must return it with the type of ``s``; the cast's transpose psums it.
+    """
+    missing = tuple(sorted(_varying_axes(x) - _varying_axes(s)))
+    return jax.lax.pcast(s, missing, to="varying") if missing else s
+
+
 def evaluate(x: jax.Array, s: jax.Array, log: bool) -> jax.Array:
     """Runs the operator on prepared inputs, empty matrices included."""
     n, m = x.shape[-2:]
@@ -54,4 +72,4 @@ def evaluate(x: jax.Array, s: jax.Array, log: bool) -> jax.Array:
         else:
             value = float(count)
         return jnp.full(x.shape[:-2], value, dtype=x.dtype)
-    return _op(x, s, log)
+    return _op(x, _vary_like(s, x), log)
