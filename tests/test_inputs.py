@@ -33,6 +33,15 @@ def _errmsg(fn, *parts):
 # --- dtype rules -------------------------------------------------------------
 
 
+def _value_and_grad_of_dtype(fn, x, jit, dtype):
+    """Value and gradient of ``fn`` at ``x`` (optionally jitted), both checked to be ``dtype``."""
+    vg = jax.jit(jax.value_and_grad(fn)) if jit else jax.value_and_grad(fn)
+    value, grad = vg(x)
+    assert value.dtype == np.dtype(dtype)
+    assert grad.dtype == np.dtype(dtype)
+    return value, grad
+
+
 @pytest.mark.parametrize("fn", FUNCS, ids=FUNC_IDS)
 @pytest.mark.parametrize(
     ("dtype", "mode"), [("float32", "x32"), ("float32", "x64"), ("float64", "x64")]
@@ -41,12 +50,7 @@ def _errmsg(fn, *parts):
 def test_float_dtype_kept(request, fn, dtype, mode, jit):
     request.getfixturevalue(mode)
     x = jnp.asarray(_sample((4, 3)), dtype)
-    vg = jax.value_and_grad(fn)
-    if jit:
-        vg = jax.jit(vg)
-    value, grad = vg(x)
-    assert value.dtype == np.dtype(dtype)
-    assert grad.dtype == np.dtype(dtype)
+    _value_and_grad_of_dtype(fn, x, jit, dtype)
     assert (jax.jit(fn) if jit else fn)(x).dtype == np.dtype(dtype)
 
 
@@ -71,12 +75,7 @@ def test_integer_and_bool_promote_to_default_float(request, fn, dtype, mode, def
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 def test_half_precision_computed_in_float32(x32, fn, dtype, jit):
     x = jnp.asarray(_sample((5, 3)), dtype)
-    vg = jax.value_and_grad(fn)
-    if jit:
-        vg = jax.jit(vg)
-    value, grad = vg(x)
-    assert value.dtype == np.dtype(dtype)
-    assert grad.dtype == np.dtype(dtype)
+    value, grad = _value_and_grad_of_dtype(fn, x, jit, dtype)
 
     # The float32 result of the upcast input, rounded once to the half dtype
     # (error <= eps/2; eps leaves room for float32 rounding differences between
