@@ -12,18 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtrace import log_trace_expm_gram, trace_expm_gram
-from tests.reference import log_peer, mp_dscale, mp_trace_expm_gram, peer, rel_err
-
-
-def _orthonormal(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
-    q, _ = np.linalg.qr(rng.standard_normal((n, k)))
-    return q
-
-
-def _with_singular_values(n: int, m: int, sv, seed: int = 1) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    k = len(sv)
-    return _orthonormal(rng, n, k) @ np.diag(sv) @ _orthonormal(rng, m, k).T
+from tests.reference import (
+    log_peer,
+    mp_dscale,
+    mp_trace_expm_gram,
+    orthonormal,
+    peer,
+    rel_err,
+    with_singular_values,
+)
 
 
 def first_order() -> None:
@@ -50,13 +47,13 @@ def first_order() -> None:
 DEGENERATE = {
     "zero 4x3": np.zeros((4, 3)),
     "zero 3x4": np.zeros((3, 4)),
-    "orthonormal 4x3": _orthonormal(np.random.default_rng(0), 4, 3),
-    "repeated sv (2,2,1) 4x3": _with_singular_values(4, 3, [2.0, 2.0, 1.0]) / 2,
-    "repeated sv (2,2,1) 3x4": _with_singular_values(3, 4, [2.0, 2.0, 1.0]) / 2,
-    "rank-deficient 4x3": _with_singular_values(4, 3, [1.0, 0.5]),
-    "rank-deficient 3x4": _with_singular_values(3, 4, [1.0, 0.5]),
+    "orthonormal 4x3": orthonormal(np.random.default_rng(0), 4, 3),
+    "repeated sv (2,2,1) 4x3": with_singular_values(4, 3, [2.0, 2.0, 1.0]) / 2,
+    "repeated sv (2,2,1) 3x4": with_singular_values(3, 4, [2.0, 2.0, 1.0]) / 2,
+    "rank-deficient 4x3": with_singular_values(4, 3, [1.0, 0.5]),
+    "rank-deficient 3x4": with_singular_values(3, 4, [1.0, 0.5]),
     "0.8 I 3x3": 0.8 * np.eye(3),
-    "40x3 repeated sv": _with_singular_values(40, 3, [0.7, 0.7, 0.3]),
+    "40x3 repeated sv": with_singular_values(40, 3, [0.7, 0.7, 0.3]),
 }
 
 
@@ -97,7 +94,7 @@ def large_eigenvalues() -> None:
     f = lambda x, s: log_trace_expm_gram(x, scale=s)  # noqa: E731
     for dt, shape, lam in LARGE:
         with jax.enable_x64(dt == "float64"):
-            x = jnp.asarray(_with_singular_values(*shape, np.sqrt(lam)), dt)
+            x = jnp.asarray(with_singular_values(*shape, np.sqrt(lam)), dt)
             xr = np.asarray(x, np.float64)
             v, g = mp_trace_expm_gram(xr, 1.0, log=True)
             jv, (jg, jd) = jax.value_and_grad(f, argnums=(0, 1))(x, jnp.asarray(1.0, dt))

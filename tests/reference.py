@@ -48,6 +48,25 @@ def mp_dscale(x: np.ndarray, scale: float = 1.0, *, log: bool = False) -> float:
         return float(d)
 
 
+def sample(shape, seed=0, sigma=0.5) -> np.ndarray:
+    """Entries ~ N(0, sigma^2), reproducible per shape: small, well-conditioned X."""
+    rng = np.random.default_rng([seed, *shape])
+    return sigma * rng.standard_normal(shape)
+
+
+def orthonormal(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    """An n x k matrix with orthonormal columns."""
+    q, _ = np.linalg.qr(rng.standard_normal((n, k)))
+    return q
+
+
+def with_singular_values(n: int, m: int, sv, seed: int = 1) -> np.ndarray:
+    """U diag(sv) V^T with orthonormal U (n x r), V (m x r), r = len(sv): float64."""
+    rng = np.random.default_rng(seed)
+    r = len(sv)
+    return orthonormal(rng, n, r) @ np.diag(np.asarray(sv, float)) @ orthonormal(rng, m, r).T
+
+
 def peer(x: jax.Array, scale=1.0) -> jax.Array:
     """The route jaxtrace replaces: autodiff through jax.scipy.linalg.expm."""
     return jnp.trace(jax.scipy.linalg.expm(scale * (x @ x.T)))

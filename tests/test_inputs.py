@@ -11,18 +11,13 @@ import numpy as np
 import pytest
 
 from jaxtrace import log_trace_expm_gram, trace_expm_gram
-from tests.reference import rel_err
+from tests.reference import rel_err, sample
 
 FUNCS = [trace_expm_gram, log_trace_expm_gram]
 FUNC_IDS = [f.__name__ for f in FUNCS]
 
 # float32 agreement between two routes to the same float32 computation.
 F32_TOL = 1e-6
-
-
-def _sample(shape, seed=0, sigma=0.5):
-    rng = np.random.default_rng([seed, *shape])
-    return sigma * rng.standard_normal(shape)
 
 
 def _errmsg(fn, *parts):
@@ -49,7 +44,7 @@ def _value_and_grad_of_dtype(fn, x, jit, dtype):
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 def test_float_dtype_kept(request, fn, dtype, mode, jit):
     request.getfixturevalue(mode)
-    x = jnp.asarray(_sample((4, 3)), dtype)
+    x = jnp.asarray(sample((4, 3)), dtype)
     _value_and_grad_of_dtype(fn, x, jit, dtype)
     assert (jax.jit(fn) if jit else fn)(x).dtype == np.dtype(dtype)
 
@@ -74,7 +69,7 @@ def test_integer_and_bool_promote_to_default_float(request, fn, dtype, mode, def
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16], ids=["float16", "bfloat16"])
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 def test_half_precision_computed_in_float32(x32, fn, dtype, jit):
-    x = jnp.asarray(_sample((5, 3)), dtype)
+    x = jnp.asarray(sample((5, 3)), dtype)
     value, grad = _value_and_grad_of_dtype(fn, x, jit, dtype)
 
     # The float32 result of the upcast input, rounded once to the half dtype
@@ -88,7 +83,7 @@ def test_half_precision_computed_in_float32(x32, fn, dtype, jit):
 
 @pytest.mark.parametrize("fn", FUNCS, ids=FUNC_IDS)
 def test_float64_scale_with_float32_x(x64, fn):
-    x = jnp.asarray(_sample((5, 3)), jnp.float32)
+    x = jnp.asarray(sample((5, 3)), jnp.float32)
     s = jnp.asarray(0.3, jnp.float64)
     value, (gx, gs) = jax.value_and_grad(lambda x, s: fn(x, scale=s), argnums=(0, 1))(x, s)
     assert value.dtype == np.float32
@@ -230,7 +225,7 @@ def test_bad_traced_scale_raises_at_trace_time(fn, shape, dtype, exc, parts):
 def test_non_finite_input_gives_non_finite_output(request, dtype, mode, shape, bad, jit):
     request.getfixturevalue(mode)
     fn = trace_expm_gram
-    x = jnp.asarray(_sample(shape), dtype).at[..., 0, 0].set(bad)
+    x = jnp.asarray(sample(shape), dtype).at[..., 0, 0].set(bad)
     f = jax.jit(fn) if jit else fn
     vg = jax.value_and_grad(lambda x: jnp.sum(fn(x)))
     if jit:

@@ -25,7 +25,12 @@ from hypothesis.extra import numpy as hnp
 from jax.test_util import check_grads
 
 from jaxtrace import log_trace_expm_gram, trace_expm_gram
-from tests.reference import mp_dscale, mp_trace_expm_gram, rel_err
+from tests.reference import (
+    mp_dscale,
+    mp_trace_expm_gram,
+    rel_err,
+    with_singular_values,
+)
 
 EPS = {np.dtype(np.float32): float(np.finfo(np.float32).eps), np.dtype(np.float64): 2.0**-52}
 
@@ -57,17 +62,9 @@ FD_STEP = 1e-5
 TOL_FD = 1e-6
 
 
-def _orthonormal(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
-    q, _ = np.linalg.qr(rng.standard_normal((n, k)))
-    return q
-
-
 def with_eigenvalues(n: int, m: int, lam, scale: float = 1.0, seed: int = 1) -> np.ndarray:
     """float64 X (n x m) whose s X X^T has nonzero eigenvalues ``lam`` (signs as s)."""
-    rng = np.random.default_rng(seed)
-    sv = np.sqrt(np.asarray(lam, dtype=np.float64) / scale)
-    k = len(lam)
-    return _orthonormal(rng, n, k) @ np.diag(sv) @ _orthonormal(rng, m, k).T
+    return with_singular_values(n, m, np.sqrt(np.asarray(lam, dtype=np.float64) / scale), seed)
 
 
 def _value_and_grads(x, scale):

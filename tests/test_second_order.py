@@ -25,7 +25,15 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from jaxtrace import log_trace_expm_gram, trace_expm_gram
-from tests.reference import log_peer, mp_dscale, mp_trace_expm_gram, peer, rel_err
+from tests.reference import (
+    log_peer,
+    mp_dscale,
+    mp_trace_expm_gram,
+    orthonormal,
+    peer,
+    rel_err,
+    with_singular_values,
+)
 
 # --------------------------------------------------------------------------
 # Tolerances.
@@ -52,34 +60,22 @@ SCALES = [1.0, 0.5, -0.7, 0.0]
 # Degenerate points, all float64 numpy arrays built deterministically.
 
 
-def _orthonormal(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
-    q, _ = np.linalg.qr(rng.standard_normal((n, k)))
-    return q
-
-
-def _with_singular_values(n: int, m: int, sv, seed: int) -> np.ndarray:
-    """U diag(sv) V^T with orthonormal U (n x r), V (m x r), r = len(sv)."""
-    rng = np.random.default_rng(seed)
-    r = len(sv)
-    return _orthonormal(rng, n, r) @ np.diag(np.asarray(sv, float)) @ _orthonormal(rng, m, r).T
-
-
 POINTS = {
     # X = 0: every eigenvalue is 0 (maximally repeated), gradient 0.
     "zero_tall": np.zeros((4, 3)),
     "zero_wide": np.zeros((3, 4)),
     # Orthonormal columns from QR: X^T X = I, three equal eigenvalues.
-    "orthonormal_tall": _orthonormal(np.random.default_rng(0), 4, 3),
+    "orthonormal_tall": orthonormal(np.random.default_rng(0), 4, 3),
     # Repeated singular values U diag(2, 2, 1) V^T, tall and wide.
-    "repeated_sv_tall": _with_singular_values(4, 3, [2.0, 2.0, 1.0], seed=1),
-    "repeated_sv_wide": _with_singular_values(3, 4, [2.0, 2.0, 1.0], seed=2),
+    "repeated_sv_tall": with_singular_values(4, 3, [2.0, 2.0, 1.0], seed=1),
+    "repeated_sv_wide": with_singular_values(3, 4, [2.0, 2.0, 1.0], seed=2),
     # Rank-deficient: a zero eigenvalue inside the small Gram as well.
-    "rank_deficient_tall": _with_singular_values(4, 3, [1.2, 0.8], seed=3),
-    "rank_deficient_wide": _with_singular_values(3, 4, [1.5], seed=4),
+    "rank_deficient_tall": with_singular_values(4, 3, [1.2, 0.8], seed=3),
+    "rank_deficient_wide": with_singular_values(3, 4, [1.5], seed=4),
     # A multiple of the identity (square).
     "scaled_identity": 0.8 * np.eye(3),
     # n >> m, with a repeated singular value too.
-    "tall_40x3": _with_singular_values(40, 3, [1.0, 1.0, 0.5], seed=5),
+    "tall_40x3": with_singular_values(40, 3, [1.0, 1.0, 0.5], seed=5),
 }
 
 

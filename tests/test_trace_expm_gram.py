@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 from jaxtrace import trace_expm_gram
-from tests.reference import mp_dscale, mp_trace_expm_gram, rel_err
+from tests.reference import mp_dscale, mp_trace_expm_gram, rel_err, sample
 
 # Relative accuracy demanded of value and gradient, per dtype. The inputs below
 # are well conditioned, so these are a few ulps times the size of s * mu.
@@ -20,12 +20,6 @@ TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 # Tall, wide, square and the scalar case.
 SHAPES = [(5, 3), (3, 5), (4, 4), (1, 1)]
 SCALES = [1.0, 0.3, 0.0, -0.7, 2.5]
-
-
-def _sample(shape, seed=0, sigma=0.5):
-    """Entries ~ N(0, sigma^2), reproducible per shape: small, well-conditioned X."""
-    rng = np.random.default_rng([seed, *shape])
-    return sigma * rng.standard_normal(shape)
 
 
 def _ids(shape):
@@ -46,7 +40,7 @@ def _f(x, s):
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("shape", SHAPES, ids=_ids)
 def test_value_and_grads_match_mpmath(dtype, shape, scale):
-    x = jnp.asarray(_sample(shape), dtype)
+    x = jnp.asarray(sample(shape), dtype)
     # The references see exactly the (rounded) matrix the operator sees.
     x_ref = np.asarray(x, np.float64)
     want_value, want_grad = mp_trace_expm_gram(x_ref, scale)
@@ -69,7 +63,7 @@ def test_value_and_grads_match_mpmath(dtype, shape, scale):
 @pytest.mark.parametrize("scale", [1.0, 0.0, -0.7, 2.5])
 @pytest.mark.parametrize("shape", SHAPES, ids=_ids)
 def test_grad_scale_matches_central_differences(x64, shape, scale):
-    x = jnp.asarray(_sample(shape), jnp.float64)
+    x = jnp.asarray(sample(shape), jnp.float64)
     h = 1e-5
     # Central differences: truncation ~ h^2 |f'''| and rounding ~ eps |f| / h,
     # both ~1e-10 relative here; 1e-8 leaves margin without hiding a wrong rule.
@@ -80,7 +74,7 @@ def test_grad_scale_matches_central_differences(x64, shape, scale):
 
 @pytest.mark.parametrize("shape", [*SHAPES, (2, 3, 2)], ids=_ids)
 def test_check_grads(x64, shape):
-    x = jnp.asarray(_sample(shape), jnp.float64)
+    x = jnp.asarray(sample(shape), jnp.float64)
     s = jnp.asarray(0.7, jnp.float64)
     # jit: check_grads evaluates the function many times; one compilation each.
     check_grads(jax.jit(lambda x, s: jnp.sum(_f(x, s))), (x, s), order=1, modes=["rev"])
@@ -89,7 +83,7 @@ def test_check_grads(x64, shape):
 
 @pytest.mark.parametrize("shape", [(5, 3), (3, 5)], ids=_ids)
 def test_batch_matches_one_by_one(dtype, shape):
-    xs = jnp.asarray(_sample((2, 3, *shape)), dtype)
+    xs = jnp.asarray(sample((2, 3, *shape)), dtype)
     s = jnp.asarray(0.6, dtype)
 
     def total(x, s):
@@ -115,7 +109,7 @@ def test_batch_matches_one_by_one(dtype, shape):
 
 @pytest.mark.parametrize("shape", [(5, 3), (3, 5)], ids=_ids)
 def test_jit_matches_eager(dtype, shape):
-    x = jnp.asarray(_sample(shape), dtype)
+    x = jnp.asarray(sample(shape), dtype)
     s = jnp.asarray(-0.7, dtype)
     vg = jax.value_and_grad(_f, argnums=(0, 1))
     eager_value, (eager_gx, eager_gs) = vg(x, s)
@@ -129,7 +123,7 @@ def test_jit_matches_eager(dtype, shape):
 
 @pytest.mark.parametrize("shape", [(5, 3), (3, 5), (1, 1)], ids=_ids)
 def test_vmap_matches_one_by_one(dtype, shape):
-    xs = jnp.asarray(_sample((4, *shape)), dtype)
+    xs = jnp.asarray(sample((4, *shape)), dtype)
     scales = jnp.asarray([1.0, 0.3, 0.0, -0.7], dtype)
 
     @jax.jit  # one compilation for all the mapped variants
@@ -163,7 +157,7 @@ def test_vmap_matches_one_by_one(dtype, shape):
 
 
 def test_value_and_grad_agrees_with_separate_calls(x64):
-    x = jnp.asarray(_sample((5, 3)), jnp.float64)
+    x = jnp.asarray(sample((5, 3)), jnp.float64)
     s = jnp.asarray(0.3, jnp.float64)
     value, (gx, gs) = jax.value_and_grad(_f, argnums=(0, 1))(x, s)
     assert rel_err(value, _f(x, s)) <= 1e-14
