@@ -103,6 +103,23 @@ def make_mesh(shape: tuple, names: tuple, axis_type):
     return jax.make_mesh(shape, names, axis_types=(axis_type,) * len(names))
 
 
+def _moved_elements(case: dict, mesh, n_shards: int) -> int:
+    """Elements of a device's block of x once its contracted dimension is padded to a
+    multiple of the devices along the k dimension (what an all-to-all may move)."""
+    shape, spec = list(case["shape"]), list(case["spec"]) + [None] * len(case["shape"])
+    wide = shape[-2] < shape[-1]
+    k_dim, c_dim = (len(shape) - 2, len(shape) - 1) if wide else (len(shape) - 1, len(shape) - 2)
+    k_entry = spec[k_dim]
+    k_axes = () if k_entry is None else (k_entry,) if isinstance(k_entry, str) else k_entry
+    n_k = math.prod(mesh.shape[a] for a in k_axes)
+    c_entry = spec[c_dim]
+    c_axes = () if c_entry is None else (c_entry,) if isinstance(c_entry, str) else c_entry
+    n_c = math.prod(mesh.shape[a] for a in c_axes)
+    local_c = shape[c_dim] // n_c
+    shape[c_dim] = -(-local_c // n_k) * n_k * n_c
+    return math.prod(shape) // n_shards
+
+
 def run_case(case: dict, axis_type, fn_name: str, dtype) -> dict:
     mesh = make_mesh(case["mesh"], case["axes"], axis_type)
     spec = P(*case["spec"])
@@ -145,6 +162,7 @@ def run_case(case: dict, axis_type, fn_name: str, dtype) -> dict:
         "x_spec": _spec(spec, ndim),
         "x_elements": math.prod(case["shape"]),
         "local_elements": math.prod(case["shape"]) // n_shards,
+        "moved_elements": _moved_elements(case, mesh, n_shards),
         "value_err": _rel_err(val, ref_value),
         "loss_err": _rel_err(loss, ref_loss),
         "grad_err": _rel_err(gx, ref_gx),
@@ -170,11 +188,9 @@ class _null:
 # kind: what the compiled programs may communicate.
 #   "contract": the contracted dimension (or a batch one) is sharded: all-reduces
 #               of k x k Grams (and scalars) only.
-#   "move":     the k dimension is sharded: one all-to-all of x's shards to the
-#               contracted dimension (and one back for the gradient), then as
-#               "contract".
-#   "free":     layouts where XLA (auto axes) or the indivisible fallback decides;
-#               checked for values and shardings only.
+#   "move":     the k dimension is sharded: all-to-alls of x's shards to the
+#               contracted dimension (and back for the gradient), padded where
+#               it does not divide evenly, then as "contract".
 _1D = {"mesh": (8,), "axes": ("d",)}
 _2D = {"mesh": (2, 4), "axes": ("b", "d")}
 CASES = [
@@ -196,7 +212,21 @@ CASES = [
         **_1D,
         "shape": (36, 16),
         "spec": (None, "d"),
-        "kind": "free",
+        "kind": "move",
+    },
+    {
+        "name": "wide_rows_indivisible",
+        **_1D,
+        "shape": (16, 30),
+        "spec": ("d", None),
+        "kind": "move",
+    },
+    {
+        "name": "2d_rows_cols_indivisible",
+        **_2D,
+        "shape": (36, 16),
+        "spec": ("b", "d"),
+        "kind": "move",
     },
     {
         "name": "2d_batch_rows",
@@ -290,6 +320,8 @@ def extras() -> dict:
             "scale_grad_err": _rel_err(gs, want_gs),
         }
 
+    out.update(_k_sharded_extras())
+
     # jit(vmap(...)) over a batch-sharded stack of matrices.
     for axis_type in (AxisType.Explicit, AxisType.Auto):
         tag = "explicit" if axis_type == AxisType.Explicit else "auto"
@@ -307,6 +339,66 @@ def extras() -> dict:
             "value_collectives": collectives(f.as_text()),
             "grad_collectives": collectives(g.as_text()),
         }
+    return out
+
+
+def _k_sharded_extras() -> dict:
+    """Short (k) dimension sharded: second derivatives, vmap, export."""
+    out = {}
+    rng = np.random.default_rng(1)
+
+    def log_trace(x):
+        return jaxtrace.log_trace_expm_gram(x, scale=SCALE)
+
+    derivatives = {
+        "hessian": jax.hessian(log_trace),
+        "jacrev_grad": jax.jacrev(jax.grad(log_trace)),
+    }
+    for tag, axis_type, shape in (
+        ("auto", AxisType.Auto, (12, 8)),
+        ("explicit_indivisible", AxisType.Explicit, (10, 8)),
+    ):
+        mesh = make_mesh((8,), ("d",), axis_type)
+        x_host = rng.standard_normal(shape)
+        x = jax.device_put(x_host, NamedSharding(mesh, P(None, "d")))
+        with jax.set_mesh(mesh):
+            for name, fn in derivatives.items():
+                got = jax.jit(fn)(x)
+                out[f"{name}_{tag}"] = {"err": _rel_err(got, jax.jit(fn)(jnp.asarray(x_host)))}
+
+    # jit(vmap(value_and_grad)) over a stack whose k dimension is sharded.
+    x_host = rng.standard_normal((3, 64, 16)).astype(np.float32)
+    vg = jax.jit(jax.vmap(jax.value_and_grad(log_trace)))
+    ref_val, ref_grad = vg(jnp.asarray(x_host))
+    for tag, axis_type in (("explicit", AxisType.Explicit), ("auto", AxisType.Auto)):
+        mesh = make_mesh((8,), ("d",), axis_type)
+        x = jax.device_put(x_host, NamedSharding(mesh, P(None, None, "d")))
+        with jax.set_mesh(mesh):
+            exe = vg.lower(x).compile()
+            val, grad = exe(x)
+        out[f"vmap_cols_{tag}"] = {
+            "value_err": _rel_err(val, ref_val),
+            "grad_err": _rel_err(grad, ref_grad),
+            "grad_spec": _spec(grad.sharding.spec, 3),
+            "collectives": collectives(exe.as_text()),
+            "x_elements": x_host.size,
+            "local_elements": x_host.size // 8,
+        }
+
+    # A sharded program on an explicit mesh exports for GPUs and TPUs.
+    mesh = make_mesh((8,), ("d",), AxisType.Explicit)
+    x = jax.device_put(x_host[0], NamedSharding(mesh, P(None, "d")))
+    exported = {}
+    with jax.set_mesh(mesh):
+        for platform in ("cuda", "rocm", "tpu"):
+            exp = jax.export.export(jax.jit(jax.value_and_grad(log_trace)), platforms=[platform])(x)
+            text = exp.mlir_module()
+            exported[platform] = {
+                "custom_partitioning": "CustomSPMDPartitioning" in text,
+                "callback": "callback" in text.lower(),
+                "nr_devices": exp.nr_devices,
+            }
+    out["export_explicit"] = exported
     return out
 
 

@@ -83,7 +83,7 @@ def test_runs_on_eight_devices(report):
     # Explicit and auto meshes, 1-D and 2-D, every layout kind, both functions, both dtypes.
     cases = _cases(report)
     assert {c["axis_type"] for c in cases} == {"explicit", "auto"}
-    assert {c["kind"] for c in cases} == {"contract", "move", "free"}
+    assert {c["kind"] for c in cases} == {"contract", "move"}
     assert {c["fn"] for c in cases} == {"log", "trace"}
     assert {c["dtype"] for c in cases} == {"float32", "float64"}
     assert {len(c["mesh"]) for c in cases} == {1, 2}
@@ -160,44 +160,58 @@ def test_batch_sharded_value_needs_no_communication(report):
         ), _label(case)
 
 
-def test_k_dimension_sharded_moves_shards_with_all_to_all_under_explicit_axes(report):
-    """Columns of tall / rows of wide x: one all-to-all of each device's shard onto the
-    contracted dimension (and one back for the gradient), one k x k all-reduce, no gather."""
+# All-to-alls per program for a sharded k dimension. Explicit axes: x moves onto
+# the contracted dimension once and the gradient moves back. Auto axes: the
+# Gram and the gradient's product are partitioned separately, and each moves x.
+_MOVES = {
+    "explicit": {"value": 1, "value_and_grad": 2},
+    "auto": {"value": 1, "value_and_grad": 3},
+}
+
+
+def test_k_dimension_sharded_moves_shards_with_all_to_all(report):
+    """Columns of tall / rows of wide x: all-to-alls of each device's (padded) shard
+    onto the contracted dimension and back, one k x k all-reduce, no gather."""
     failures = []
-    for case in _cases(report, kind="move", axis_type="explicit"):
-        for program, colls, n_moves in (
-            ("value", case["value_collectives"], 1),
-            ("value_and_grad", case["vg_collectives"], 2),
+    for case in _cases(report, kind="move"):
+        for program, colls in (
+            ("value", case["value_collectives"]),
+            ("value_and_grad", case["vg_collectives"]),
         ):
             moves = [c for c in colls if c["kind"] == "all-to-all"]
+            n_moves = _MOVES[case["axis_type"]][program]
             if len(moves) != n_moves:
                 failures.append(f"{_label(case)} {program}: {len(moves)} all-to-alls")
             for c in moves:
-                if c["elements"] != case["local_elements"]:
+                if c["elements"] != case["moved_elements"]:
                     failures.append(
                         f"{_label(case)} {program}: all-to-all of {c['elements']} elements, "
-                        f"a shard has {case['local_elements']}"
+                        f"a padded shard has {case['moved_elements']}"
                     )
             rest = [c for c in colls if c["kind"] != "all-to-all"]
             failures += _check_gram_all_reduces(case, rest, program, program != "value")
     assert not failures, "\n".join(failures)
 
 
-def test_indivisible_fallback_gathers_along_k_only(report):
-    """When the contracted dimension cannot take the mesh axis, x is gathered along k once."""
-    for case in _cases(report, kind="free", axis_type="explicit"):
-        for colls in (case["value_collectives"], case["vg_collectives"]):
-            assert [c["kind"] for c in colls] == ["all-gather"], _label(case)
-            assert colls[0]["elements"] == case["x_elements"], _label(case)
+def test_indivisible_layouts_are_padded_not_gathered(report):
+    cases = [c for c in _cases(report, kind="move") if c["name"].endswith("_indivisible")]
+    assert {c["axis_type"] for c in cases} == {"explicit", "auto"}
+    assert {len(c["mesh"]) for c in cases} == {1, 2}
+    for case in cases:
+        # The padding is real: a moved block is larger than an even share of x.
+        assert case["moved_elements"] > case["local_elements"], _label(case)
 
 
-def test_no_program_sends_more_than_x(report):
-    # A sanity bound for every layout, auto ones included: no collective moves more
-    # elements than x holds in all (k x k Grams and shards stay well below it).
+def test_no_program_gathers_x(report):
+    # Every layout, explicit and auto axes: the only collectives are all-reduces
+    # of k x k Grams or scalars and all-to-alls of one (padded) shard of x.
     for case in _cases(report):
         for c in case["value_collectives"] + case["vg_collectives"]:
-            assert c["elements"] <= case["x_elements"], (_label(case), c)
-            assert c["kind"] not in ("reduce-scatter", "collective-permute"), (_label(case), c)
+            assert c["kind"] in ("all-reduce", "all-to-all"), (_label(case), c)
+            if c["kind"] == "all-to-all":
+                assert c["elements"] == case["moved_elements"], (_label(case), c)
+            else:
+                assert all(s == [] or _is_gram(case, s) for s in c["shapes"]), (_label(case), c)
 
 
 def test_other_entry_points(report):
@@ -215,6 +229,26 @@ def test_other_entry_points(report):
         assert extras[key]["value_collectives"] == []
         assert extras[key]["grad_collectives"] == []
     assert extras["shard_map_explicit"]["value_collectives"] == []
+    # k dimension sharded: second derivatives on auto axes and on an explicit
+    # mesh whose contracted dimension does not divide.
+    for name in ("hessian", "jacrev_grad"):
+        for tag in ("auto", "explicit_indivisible"):
+            assert extras[f"{name}_{tag}"]["err"] <= report["tolerance"]["float64"], (name, tag)
+    # jit(vmap(value_and_grad)) of a stack with its k dimension sharded: moved, not gathered.
+    for tag, n_moves in (("explicit", 2), ("auto", 3)):
+        entry = extras[f"vmap_cols_{tag}"]
+        assert entry["value_err"] <= tol and entry["grad_err"] <= tol, tag
+        assert entry["grad_spec"] == [None, None, "d"], tag
+        kinds = [c["kind"] for c in entry["collectives"]]
+        assert sorted(kinds) == sorted(["all-reduce"] + ["all-to-all"] * n_moves), (tag, kinds)
+        assert all(
+            c["elements"] == entry["local_elements"]
+            for c in entry["collectives"]
+            if c["kind"] == "all-to-all"
+        ), tag
+    # Sharded programs on explicit meshes export for GPUs and TPUs, free of callbacks.
+    for platform, entry in extras["export_explicit"].items():
+        assert entry == {"custom_partitioning": False, "callback": False, "nr_devices": 8}, platform
     # Gradients inside shard_map: in x, and in a replicated scale (psummed).
     assert extras["shard_map_explicit"]["grad_err"] <= tol
     assert extras["shard_map_explicit"]["scale_grad_err"] <= tol

@@ -156,7 +156,9 @@ def _value_and_grads_jvp(log, primals, tangents):
     # Daleckii-Krein: d expm(A)[E] = V (Phi o (V^T E V)) V^T.
     phi = _exp_divided_differences(sp.lam, sp.shift) / sp.norm[..., None, None]
     d_wmat = similarity(sp.v, phi * d_lam) - d_shift[..., None, None] * sp.wmat
-    d_grad_x = 2 * ds * sp.xw + 2 * s * (apply(dx, sp.wmat, wide) + apply(x, d_wmat, wide))
+    d_grad_x = 2 * ds * sp.xw + 2 * s * (
+        apply(dx, sp.wmat, wide, tangent=True) + apply(x, d_wmat, wide, tangent=True)
+    )
     d_grad_s = jnp.sum(
         sp.w * d_gram_diag + sp.mu * sp.w * (d_lam_diag - d_shift[..., None]), axis=-1
     )
