@@ -385,6 +385,24 @@ def _k_sharded_extras() -> dict:
             "local_elements": x_host.size // 8,
         }
 
+    # Training steps in lax.scan, with a rematerialised gradient, on auto axes.
+    def train(w):
+        def step(w, _):
+            return w - 0.1 * jax.grad(jax.checkpoint(log_trace))(w), log_trace(w)
+
+        return jax.lax.scan(step, w, None, length=3)
+
+    w_host = 0.3 * x_host[0]
+    ref_w, ref_losses = jax.jit(train)(jnp.asarray(w_host))
+    mesh = make_mesh((8,), ("d",), AxisType.Auto)
+    w = jax.device_put(w_host, NamedSharding(mesh, P(None, "d")))
+    trained, losses = jax.jit(train)(w)
+    out["scan_remat_auto_cols"] = {
+        "w_err": _rel_err(trained, ref_w),
+        "loss_err": _rel_err(losses, ref_losses),
+        "w_spec": _spec(trained.sharding.spec, 2),
+    }
+
     # A sharded program on an explicit mesh exports for GPUs and TPUs.
     mesh = make_mesh((8,), ("d",), AxisType.Explicit)
     x = jax.device_put(x_host[0], NamedSharding(mesh, P(None, "d")))

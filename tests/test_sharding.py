@@ -246,6 +246,9 @@ def test_other_entry_points(report):
             for c in entry["collectives"]
             if c["kind"] == "all-to-all"
         ), tag
+    scan = extras["scan_remat_auto_cols"]
+    assert scan["w_err"] <= tol and scan["loss_err"] <= tol, scan
+    assert scan["w_spec"] == [None, "d"], scan
     # Sharded programs on explicit meshes export for GPUs and TPUs, free of callbacks.
     for platform, entry in extras["export_explicit"].items():
         assert entry == {"custom_partitioning": False, "callback": False, "nr_devices": 8}, platform

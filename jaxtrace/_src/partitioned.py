@@ -147,11 +147,11 @@ def weight_shard_map(x, w, wide: bool, spec: tuple, mesh) -> jax.Array:
 # custom_partitioning: the layout is known at compile time only.
 
 
-def _decoded_spec(arg) -> tuple | None:
-    """The full spec XLA chose for ``arg``, or None when it is not a named layout."""
+def _chosen_spec(arg) -> tuple:
+    """The full spec XLA chose for ``arg``; replicated where that is no mesh layout."""
     sharding = arg.sharding
     if not isinstance(sharding, NamedSharding):
-        return None
+        return (None,) * len(arg.shape)
     return full_spec(sharding.spec, len(arg.shape))
 
 
@@ -162,10 +162,7 @@ def _cp_gram(wide: bool):
 
     def partition(mesh, arg_shapes, result_shape):
         del result_shape
-        (x,) = arg_shapes
-        spec = _decoded_spec(x)
-        if spec is None:  # not a mesh layout: compute on whole matrices
-            spec = (None,) * len(x.shape)
+        spec = _chosen_spec(arg_shapes[0])
         body = functools.partial(cross_body, **_body_kwargs(spec, wide, mesh.shape))
         return (
             mesh,
@@ -176,8 +173,8 @@ def _cp_gram(wide: bool):
 
     gram.def_partition(
         partition=partition,
-        infer_sharding_from_operands=lambda mesh, arg_shapes, result_shape: NamedSharding(
-            mesh, gram_spec(_decoded_spec(arg_shapes[0]) or (None,) * len(arg_shapes[0].shape))
+        infer_sharding_from_operands=lambda mesh, arg_shapes, _: NamedSharding(
+            mesh, gram_spec(_chosen_spec(arg_shapes[0]))
         ),
         sharding_rule=("... k c -> ... i j" if wide else "... c k -> ... i j"),
         reduction_factors=("c",),
@@ -193,22 +190,16 @@ def _cp_weight(wide: bool):
 
     def partition(mesh, arg_shapes, result_shape):
         del result_shape
-        x, _ = arg_shapes
-        spec = _decoded_spec(x)
-        if spec is None:
-            spec = (None,) * len(x.shape)
+        spec = _chosen_spec(arg_shapes[0])
         x_sharding = NamedSharding(mesh, PartitionSpec(*spec))
         body = functools.partial(weight_body, **_body_kwargs(spec, wide, mesh.shape))
         return mesh, body, x_sharding, (x_sharding, NamedSharding(mesh, gram_spec(spec)))
 
-    def infer(mesh, arg_shapes, result_shape):
-        del result_shape
-        spec = _decoded_spec(arg_shapes[0]) or (None,) * len(arg_shapes[0].shape)
-        return NamedSharding(mesh, PartitionSpec(*spec))
-
     weight.def_partition(
         partition=partition,
-        infer_sharding_from_operands=infer,
+        infer_sharding_from_operands=lambda mesh, arg_shapes, _: NamedSharding(
+            mesh, PartitionSpec(*_chosen_spec(arg_shapes[0]))
+        ),
         sharding_rule=("... k c, ... i j -> ... k c" if wide else "... c k, ... i j -> ... c k"),
         need_replication_factors=("i", "j"),
     )
