@@ -23,18 +23,16 @@ of ``x``.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from jaxtrace._src.partitioned import (
+    contracting_spec,
     cross_shard_map,
     full_spec,
     gram_partitioned,
     gram_spec,
-    spec_axes,
     weight_partitioned,
     weight_shard_map,
 )
@@ -69,33 +67,12 @@ def _on_auto_mesh(x: jax.Array) -> bool:
     return AxisType.Auto in types and AxisType.Manual not in types
 
 
-def _entry(axes: tuple):
-    if not axes:
-        return None
-    return axes[0] if len(axes) == 1 else axes
-
-
 def _named(x: jax.Array, spec) -> NamedSharding:
     return NamedSharding(jax.typeof(x).sharding.mesh, PartitionSpec(*spec))
 
 
 def _contracting_spec(x: jax.Array, spec: tuple, wide: bool) -> tuple | None:
-    """``spec`` with the mesh axes of the k dimension moved onto the contracted one.
-
-    None when the contracted dimension does not divide evenly over its axes and
-    the moved ones (``reshard`` cannot pad; the ``shard_map`` bodies do).
-    """
-    k_dim, c_dim = (x.ndim - 2, x.ndim - 1) if wide else (x.ndim - 1, x.ndim - 2)
-    k_axes = spec_axes(spec[k_dim])
-    if not k_axes:
-        return spec
-    c_axes = spec_axes(spec[c_dim]) + k_axes
-    sizes = jax.typeof(x).sharding.mesh.shape
-    if x.shape[c_dim] % math.prod(sizes[a] for a in c_axes):
-        return None
-    new = list(spec)
-    new[k_dim], new[c_dim] = None, _entry(c_axes)
-    return tuple(new)
+    return contracting_spec(spec, x.shape, wide, jax.typeof(x).sharding.mesh.shape)
 
 
 def _like(b: jax.Array, spec: tuple) -> jax.Array:

@@ -8,16 +8,24 @@ columns of the Gram. Every device then runs the same program on its block:
 * k dimension sharded: the block is moved onto the contracted dimension with
   one all-to-all over the k axes, padded first with zero rows (columns) where
   that dimension does not divide evenly, since zeros add nothing to a Gram. No
-  device ever holds more than its share of ``x``.
+  device ever holds all of ``x``.
 * The k x k Gram of the (moved) block is a partial sum over the contracted
   dimension; one all-reduce over the c and k axes completes it.
 * ``x @ w`` of the moved block is local, and one all-to-all moves it back to
   the layout of ``x``.
 
+Where the contracted dimension divides evenly, the move is better left to the
+framework: ``x`` is resharded to ``contracting_spec``, a layout in which the k
+axes shard the contracted dimension instead, and XLA moves it once for the Gram
+and the gradient alike. The bodies do it themselves only where a padding is
+needed.
+
 Two wrappers run these bodies. ``shard_map`` serves meshes with explicit axes,
-whose layout is in the type of ``x`` while tracing. ``custom_partitioning``
-serves auto axes, where only XLA's partitioner knows the layout: it calls back
-at compile time with the sharding it chose for ``x``. ``custom_partitioning``
+whose layout is in the type of ``x`` while tracing (``gram.py`` reshards
+divisible layouts itself). ``custom_partitioning`` serves auto axes, where only
+XLA's partitioner knows the layout: it calls back at compile time with the
+sharding it chose for ``x``, and asks for ``contracting_spec`` where that
+divides. ``custom_partitioning``
 has no rules for ``vmap`` or autodiff, so ``custom_vmap`` (the batched call is
 the same operation with one more batch dimension) and ``custom_jvp`` (the
 products are bilinear; tangents use the plain products) wrap it.
@@ -61,6 +69,24 @@ def split_spec(spec: tuple, wide: bool) -> tuple[tuple, tuple, tuple]:
     """(batch entries, contracted-dimension axes, k-dimension axes) of a full spec."""
     k_dim, c_dim = _dims(len(spec), wide)
     return spec[:-2], spec_axes(spec[c_dim]), spec_axes(spec[k_dim])
+
+
+def contracting_spec(spec: tuple, shape, wide: bool, mesh_shape) -> tuple | None:
+    """``spec`` with the mesh axes of the k dimension moved onto the contracted one.
+
+    None when the contracted dimension does not divide evenly over its own axes
+    and the moved ones: a reshard cannot pad, the per-device bodies below do.
+    """
+    k_dim, c_dim = _dims(len(spec), wide)
+    _, c_axes, k_axes = split_spec(spec, wide)
+    if not k_axes:
+        return spec
+    axes = c_axes + k_axes
+    if shape[c_dim] % math.prod(mesh_shape[a] for a in axes):
+        return None
+    new = list(spec)
+    new[k_dim], new[c_dim] = None, axes[0] if len(axes) == 1 else axes
+    return tuple(new)
 
 
 def gram_spec(spec: tuple) -> PartitionSpec:
@@ -155,6 +181,12 @@ def _chosen_spec(arg) -> tuple:
     return full_spec(sharding.spec, len(arg.shape))
 
 
+def _operand_spec(x, wide: bool, mesh) -> tuple:
+    """The layout to ask for ``x`` in: XLA moves divisible layouts (once for both ops)."""
+    spec = _chosen_spec(x)
+    return contracting_spec(spec, x.shape, wide, mesh.shape) or spec
+
+
 def _cp_gram(wide: bool):
     @custom_partitioning
     def gram(x):
@@ -162,11 +194,11 @@ def _cp_gram(wide: bool):
 
     def partition(mesh, arg_shapes, result_shape):
         del result_shape
-        spec = _chosen_spec(arg_shapes[0])
+        spec = _operand_spec(arg_shapes[0], wide, mesh)
         body = functools.partial(cross_body, **_body_kwargs(spec, wide, mesh.shape))
         return (
             mesh,
-            lambda block: body(block, block),
+            functools.partial(_twice, body),
             NamedSharding(mesh, gram_spec(spec)),
             (NamedSharding(mesh, PartitionSpec(*spec)),),
         )
@@ -190,7 +222,7 @@ def _cp_weight(wide: bool):
 
     def partition(mesh, arg_shapes, result_shape):
         del result_shape
-        spec = _chosen_spec(arg_shapes[0])
+        spec = _operand_spec(arg_shapes[0], wide, mesh)
         x_sharding = NamedSharding(mesh, PartitionSpec(*spec))
         body = functools.partial(weight_body, **_body_kwargs(spec, wide, mesh.shape))
         return mesh, body, x_sharding, (x_sharding, NamedSharding(mesh, gram_spec(spec)))
