@@ -76,7 +76,148 @@ def log_peer(x: jax.Array, scale=1.0) -> jax.Array:
     return jnp.log(peer(x, scale))
 
 
+def assert_close(actual, desired, *, rtol, atol=0.0, what: str = "") -> None:
+    """Entry by entry, |actual - desired| <= atol + rtol |desired| (np.testing.assert_allclose).
+
+    ``atol`` may be an array that broadcasts against ``desired``: a floor per
+    entry. Shapes must match exactly; non-finite entries must be equal.
+    """
+    a = np.asarray(actual, dtype=np.float64)
+    b = np.asarray(desired, dtype=np.float64)
+    assert a.shape == b.shape, f"{what}: shape {a.shape} != {b.shape}"
+    bound = np.broadcast_to(np.asarray(atol, dtype=np.float64) + rtol * np.abs(b), b.shape)
+    with np.errstate(invalid="ignore"):
+        err = np.abs(a - b)
+        ok = (a == b) | (err <= bound)
+    if ok.all():
+        return
+    bad = np.flatnonzero(~ok)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        excess = np.where(bound > 0, err / bound, np.inf).ravel()
+    worst = bad[np.argsort(-np.nan_to_num(excess[bad], nan=np.inf))][:5]
+    lines = [
+        f"  {np.unravel_index(i, b.shape)}: got {a.flat[i]:.17g}, want {b.flat[i]:.17g}, "
+        f"|diff| {err.flat[i]:.3e} > {bound.flat[i]:.3e}"
+        for i in worst
+    ]
+    raise AssertionError(
+        f"{what}: {bad.size} of {b.size} entries differ by more than "
+        f"atol + {rtol:.1e} |want|:\n" + "\n".join(lines)
+    )
+
+
+def gram_eigenvalues(x) -> np.ndarray:
+    """Eigenvalues (..., k) of the smaller Gram of x, in float64: for sizes, not references."""
+    x = np.asarray(x, dtype=np.float64)
+    wide = x.shape[-2] < x.shape[-1]
+    xt = np.swapaxes(x, -1, -2)
+    return np.linalg.eigvalsh(x @ xt if wide else xt @ x)
+
+
+# Natural sizes. The gradient is 2s X W (tall; 2s W X wide), W = expm(s G) on
+# the smaller Gram G, or W / tr expm(s X X^T) (softmax weights w_i) for the
+# log. Each function bounds the entries of a derivative by Cauchy-Schwarz,
+# with x_i row i of a tall X (column j of a wide one); rounding X, G, eigh
+# and the products perturbs an entry by a few eps times its bound (times
+# expm_condition where eigenvalue errors move W).
+
+
+def _weights(x: np.ndarray, scale, log: bool) -> np.ndarray:
+    """(..., k) weights of W in its eigenbasis: e^(s mu_i), or e^(s mu_i - L) for the log."""
+    n, m = x.shape[-2:]
+    lam = scale * gram_eigenvalues(x)
+    if not log:
+        return np.exp(lam)
+    # The max(n - m, 0) zero eigenvalues of X X^T count in L.
+    top = lam.max(axis=-1, keepdims=True)
+    zeros = max(n - m, 0)
+    if zeros:
+        top = np.maximum(top, 0.0)
+    e = np.exp(lam - top)
+    total = e.sum(axis=-1, keepdims=True)
+    return e / (total + zeros * np.exp(-top) if zeros else total)
+
+
+def _line_norms(x: np.ndarray) -> np.ndarray:
+    """|x_i|: rows of a tall x (columns of a wide one), shaped (..., n, 1) or (..., 1, m)."""
+    axis = -2 if x.shape[-2] < x.shape[-1] else -1
+    # Scaled, so that squares of tiny entries do not underflow to a zero norm.
+    top = np.max(np.abs(x), axis=axis, keepdims=True, initial=0.0)
+    safe = np.where(top > 0, top, 1.0)
+    return top * np.sqrt(np.sum((x / safe) ** 2, axis=axis, keepdims=True))
+
+
+def grad_scale(x, scale, *, log: bool = False) -> np.ndarray:
+    """The natural size of each gradient entry, shaped like x: |2s (X W)_ij| <= 2|s| |x_i| |W|."""
+    x = np.asarray(x, dtype=np.float64)
+    w_norm = _weights(x, scale, log).max(axis=-1)[..., None, None]
+    return 2 * abs(scale) * w_norm * np.broadcast_to(_line_norms(x), x.shape)
+
+
+def _dw_ds_norm(x: np.ndarray, scale, log: bool) -> np.ndarray:
+    """|dW/ds|: |G W| <= mu_max |W| for the trace; for the log the weights move by
+    w_i (mu_i - sum_j w_j mu_j), at most mu_max w_i (1 - w_i)."""
+    mu_max = gram_eigenvalues(x).max(axis=-1)
+    w = _weights(x, scale, log)
+    spread = (w * (1 - w)).max(axis=-1) if log else w.max(axis=-1)
+    return mu_max * spread
+
+
+def mixed_scale(x, scale, *, log: bool = False) -> np.ndarray:
+    """The natural size of each entry of d/ds grad_x = 2 X W + 2s X dW/ds, shaped like x."""
+    x = np.asarray(x, dtype=np.float64)
+    w_norm = _weights(x, scale, log).max(axis=-1)
+    size = w_norm + abs(scale) * _dw_ds_norm(x, scale, log)
+    return 2 * size[..., None, None] * np.broadcast_to(_line_norms(x), x.shape)
+
+
+def _dw_norm(x: np.ndarray, scale, log: bool) -> float:
+    """A bound on |dW| per unit |d(s G)|, for one matrix.
+
+    The trace: the Frechet derivative of exp at a symmetric matrix is at most
+    |W|. The log (Daleckii-Krein, with the shift dL): off-diagonal weights
+    (w_i - w_j) / (lam_i - lam_j), at most sqrt(2) of their max in norm for a
+    rank-2 direction, and diagonal ones w_i (dA_ii - sum_j w_j dA_jj), at most
+    2 w_i (1 - w_i) |dA|: small where the top eigenvalue stands alone.
+    """
+    w = _weights(x, scale, log)
+    if not log:
+        return float(w.max())
+    lam = scale * gram_eigenvalues(x)
+    gap = np.abs(lam[:, None] - lam[None, :])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dd = np.where(gap > 0, np.abs(w[:, None] - w[None, :]) / gap, np.maximum.outer(w, w))
+    np.fill_diagonal(dd, 0.0)
+    return float(np.sqrt(2) * dd.max(initial=0.0) + 2 * (w * (1 - w)).max())
+
+
+def hessian_scale(x, scale, *, log: bool = False) -> np.ndarray:
+    """The natural size of each entry of d2f/dx2 of one n x m matrix, shaped (n, m, n, m).
+
+    Along E = e_k e_l^T (tall) the Hessian is 2s (E W + X dW) with |(E W)_ij|
+    <= [i = k] |W| and d(s G) = s (E^T X + X^T E) of norm <= 2 |s| |x_k|, so
+    |(X dW)_ij| <= 2 |s| |x_i| |x_k| _dw_norm. A wide x: columns for rows.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n, m = x.shape
+    w_norm = float(_weights(x, scale, log).max(initial=0.0))
+    cross = 2 * abs(scale) * _dw_norm(x, scale, log)
+    r = _line_norms(x).ravel()
+    block = w_norm * np.eye(r.size) + cross * np.outer(r, r)
+    if n < m:  # indexed (j, l)
+        size = np.broadcast_to(block[None, :, None, :], (n, m, n, m))
+    else:  # indexed (i, k)
+        size = np.broadcast_to(block[:, None, :, None], (n, m, n, m))
+    return 2 * abs(scale) * size
+
+
+def expm_condition(x, scale) -> np.ndarray:
+    """1 + |s| mu_max per matrix: G is known to eps |G|, so the exponents s mu to eps |s| mu_max."""
+    return 1 + abs(scale) * gram_eigenvalues(x).max(axis=-1, initial=0.0)
+
+
 def rel_err(a, b) -> float:
+    """max|a - b| / max|b|: a scalar figure for reports, not for assertions."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     denom = max(np.max(np.abs(b)) if b.size else 0.0, np.finfo(np.float64).tiny)

@@ -321,6 +321,8 @@ def extras() -> dict:
         }
 
     out.update(_k_sharded_extras())
+    out.update(_vmap_scales_extras())
+    out.update(_handover_extras())
 
     # jit(vmap(...)) over a batch-sharded stack of matrices.
     for axis_type in (AxisType.Explicit, AxisType.Auto):
@@ -340,6 +342,77 @@ def extras() -> dict:
             "grad_collectives": collectives(g.as_text()),
         }
     return out
+
+
+def _vmap_scales_extras() -> dict:
+    """vmap over scales, x fixed, on an auto mesh: x is never broadcast along the scales."""
+    out = {}
+    mesh = make_mesh((8,), ("d",), AxisType.Auto)
+    x_host = np.random.default_rng(2).standard_normal((1024, 8)).astype(np.float32) * 0.02
+
+    def vg(x, s):
+        return jax.value_and_grad(lambda x: jaxtrace.trace_expm_gram(x, scale=s))(x)
+
+    def value(x, s):
+        return jaxtrace.trace_expm_gram(x, scale=s)
+
+    program = jax.jit(jax.vmap(vg, in_axes=(None, 0)))
+    # Programs whose outputs do not grow with the number of scales.
+    small = {
+        "value": jax.jit(jax.vmap(value, in_axes=(None, 0))),
+        "grad_scale": jax.jit(jax.vmap(jax.grad(value, argnums=1), in_axes=(None, 0))),
+    }
+    for tag, spec in (("rows", P("d", None)), ("cols", P(None, "d"))):
+        x = jax.device_put(x_host, NamedSharding(mesh, spec))
+        entry = {"local_grad_bytes": x_host.nbytes // 8}
+        for count in (4, 64):
+            scales = jnp.linspace(0.1, 1.0, count, dtype=jnp.float32)
+            with jax.set_mesh(mesh):
+                lowered = program.lower(x, scales)
+                exe = lowered.compile()
+                value, grad = exe(x, scales)
+            want_value, want_grad = program(x_host, scales)
+            # The x operand of every custom-partitioned product, as lowered.
+            operands = re.findall(
+                r"@CustomSPMDPartitioning\(.*?:\s*\((tensor<[^,>]*>)", lowered.as_text()
+            )
+            entry[f"temp_bytes_{count}"] = exe.memory_analysis().temp_size_in_bytes
+            for name, other in small.items():
+                with jax.set_mesh(mesh):
+                    memory = other.lower(x, scales).compile().memory_analysis()
+                entry[f"{name}_temp_bytes_{count}"] = memory.temp_size_in_bytes
+            entry[f"x_operands_{count}"] = operands
+            entry[f"err_{count}"] = max(_rel_err(value, want_value), _rel_err(grad, want_grad))
+        out[f"vmap_scales_{tag}"] = entry
+    return out
+
+
+def _handover_extras() -> dict:
+    """Layouts handed to the partitioner without a mesh (GSPMDSharding), read back as specs."""
+    import warnings
+
+    from jax._src.sharding_impls import GSPMDSharding
+
+    from jaxtrace._src import partitioned
+
+    mesh = make_mesh((2, 4), ("a", "b"), AxisType.Auto)
+    devices = tuple(mesh.devices.flat)
+
+    def read(spec, order):
+        hlo = NamedSharding(mesh, spec)._to_xla_hlo_sharding(2)
+        arg = jax.ShapeDtypeStruct((64, 16), jnp.float32, sharding=GSPMDSharding(order, hlo))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = partitioned._chosen_spec(arg, mesh)
+        return {
+            "spec": [list(e) if isinstance(e, tuple) else e for e in got],
+            "warnings": [str(w.message) for w in caught],
+        }
+
+    out = {str(spec): read(spec, devices) for spec in (P("a", "b"), P(("b", "a")), P(None, "b"))}
+    # Devices in an order no layout of the mesh has: gathered, with a warning.
+    out["permuted"] = read(P("a", "b"), devices[::-1])
+    return {"handover": out}
 
 
 def _k_sharded_extras() -> dict:

@@ -235,3 +235,54 @@ def test_export_multi_platform_includes_accelerators():
     np.testing.assert_allclose(value, want_value, rtol=1e-6)
     np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6)
     assert re.search(r"custom_call @\w*(syevd|Eigh)", text)
+
+
+# --- shape-polymorphic export ---------------------------------------------------
+
+# (shape, constraints, the concrete shapes to run): the constraints decide the
+# smaller Gram, equality (square) included.
+POLY_CASES = [
+    ("b, n, 16", ("n >= 16",), [(2, 16, 16), (3, 40, 16)]),
+    ("b, 16, m", ("m >= 17",), [(2, 16, 17), (1, 16, 40)]),
+    ("n, 8", ("n >= 8",), [(8, 8), (30, 8)]),
+    ("8, m", ("m >= 9",), [(8, 9), (8, 33)]),
+]
+
+
+def _sum_of(fn, grad: bool):
+    total = lambda a: fn(a).sum()  # noqa: E731
+    return jax.value_and_grad(total) if grad else total
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["value", "value_and_grad"])
+@pytest.mark.parametrize("fn", FUNCS, ids=FUNC_IDS)
+@pytest.mark.parametrize(("spec", "constraints", "shapes"), POLY_CASES, ids=lambda c: str(c))
+def test_export_with_symbolic_shapes(fn, grad, spec, constraints, shapes):
+    shape = export.symbolic_shape(spec, constraints=constraints)
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    program = jax.jit(_sum_of(fn, grad))
+    exported = export.export(program, platforms=[*ACCELERATORS, "cpu"])(x)
+    _assert_no_host_callback(exported.mlir_module())
+    # The one exported program serves every concrete shape the constraints allow.
+    for concrete in shapes:
+        xv = jnp.asarray(np.random.default_rng(0).standard_normal(concrete) * 0.2, jnp.float32)
+        got, want = exported.call(xv), program(xv)
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("fn", FUNCS, ids=FUNC_IDS)
+@pytest.mark.parametrize(
+    ("spec", "constraints", "hint"),
+    [
+        ("n, m", (), "constraints=('n >= m',)"),
+        ("b, 16, m", ("m >= 16",), "('m >= 17',)"),
+        ("n, m", ("n >= m",), "keep the smaller of n and m fixed"),
+        ("n, m", ("m >= n + 1",), "keep the smaller of n and m fixed"),
+    ],
+)
+def test_export_with_undecided_shapes_names_the_constraint(fn, spec, constraints, hint):
+    x = jax.ShapeDtypeStruct(export.symbolic_shape(spec, constraints=constraints), jnp.float32)
+    with pytest.raises(ValueError, match=fn.__name__) as info:
+        export.export(jax.jit(_sum_of(fn, True)), platforms=["cuda"])(x)
+    assert hint in str(info.value)

@@ -13,9 +13,12 @@ import os
 import socket
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from tests import multihost_check
 
 SCRIPT = Path(__file__).with_name("multihost_check.py")
 N_PROCESSES = 2
@@ -60,12 +63,18 @@ def _label(report, case) -> str:
     return f"process {report['process_id']}: {case['name']}[{case['axis_type']}]"
 
 
+def _axis_type(axis_type) -> str:
+    return "explicit" if axis_type == multihost_check.AxisType.Explicit else "auto"
+
+
 def test_two_processes_form_one_cluster(reports):
     assert sorted(r["process_id"] for r in reports) == list(range(N_PROCESSES))
+    planned = [(name, _axis_type(axis_type)) for name, axis_type, _, _ in multihost_check.CASES]
     for r in reports:
         assert r["process_count"] == N_PROCESSES
         assert (r["devices"], r["local_devices"]) == (8, 4)
-        assert {c["axis_type"] for c in r["cases"]} == {"explicit", "auto"}
+        # Every case of the script reported, none dropped.
+        assert [(c["name"], c["axis_type"]) for c in r["cases"]] == planned
 
 
 def test_values_and_gradients_match_one_process(reports):
@@ -76,17 +85,32 @@ def test_values_and_gradients_match_one_process(reports):
             assert case["grad_spec"] == case["x_spec"], _label(r, case)
 
 
+def _signature(collective) -> tuple:
+    """An all-reduce by its shapes, an all-to-all by the elements it moves."""
+    if collective["kind"] == "all-reduce":
+        return ("all-reduce", tuple(tuple(s) for s in collective["shapes"]))
+    return (collective["kind"], collective["elements"])
+
+
+def _expected_collectives(case) -> Counter:
+    """What the program of value_and_grad must communicate, and nothing else."""
+    k = case["k"]
+    gram = ("all-reduce", ((k, k),))
+    if case["name"] == "rows":  # the k x k partial Grams, summed once
+        return Counter([gram])
+    if case["name"] == "cols":  # one shard of x moved in and the gradient back
+        shard = ("all-to-all", case["x_elements"] // 8)
+        return Counter([shard, gram, shard])
+    if case["name"] == "batch":  # the loss: a sum of per-device values
+        return Counter([("all-reduce", ((),))])
+    raise AssertionError(f"no expectation for case {case['name']}")
+
+
 def test_only_grams_and_shards_cross_processes(reports):
-    # Rows or a batch sharded: k x k (or scalar) all-reduces only. Columns (the
-    # k dimension) sharded: all-to-alls of one shard besides. Never a gather.
+    # Rows sharded: one k x k all-reduce. Columns (the k dimension) sharded:
+    # all-to-alls of one shard in and out besides. A batch: the loss's scalar
+    # sum only. Never a gather; an empty list fails too.
     for r in reports:
         for case in r["cases"]:
-            k = case["k"]
-            for c in case["collectives"]:
-                if c["kind"] == "all-to-all":
-                    assert case["name"] == "cols", _label(r, case)
-                    assert c["elements"] == case["x_elements"] // 8, (_label(r, case), c)
-                    continue
-                assert c["kind"] == "all-reduce", (_label(r, case), c)
-                for shape in c["shapes"]:
-                    assert shape == [] or shape[-2:] == [k, k], (_label(r, case), c)
+            got = Counter(_signature(c) for c in case["collectives"])
+            assert got == _expected_collectives(case), (_label(r, case), case["collectives"])

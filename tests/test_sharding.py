@@ -19,8 +19,38 @@ from pathlib import Path
 
 import pytest
 
+from tests import sharding_check
+
 SCRIPT = Path(__file__).with_name("sharding_check.py")
 N_DEVICES = 8
+
+# Every entry of the report's extras and its keys: a figure that is renamed or
+# dropped fails the test instead of going unchecked.
+_VMAP_KEYS = {"value_err", "grad_err", "value_spec", "grad_spec"}
+_VMAP_KEYS |= {"value_collectives", "grad_collectives"}
+_VMAP_COLS_KEYS = {"value_err", "grad_err", "grad_spec", "collectives"}
+_VMAP_COLS_KEYS |= {"x_elements", "local_elements"}
+EXTRAS_KEYS = {
+    "eager_explicit": {"value_err", "grad_err", "grad_spec"},
+    "shard_map_explicit": {"value_err", "value_collectives", "grad_err", "scale_grad_err"},
+    "vmap_explicit": _VMAP_KEYS,
+    "vmap_auto": _VMAP_KEYS,
+    "hessian_auto": {"err"},
+    "jacrev_grad_auto": {"err"},
+    "hessian_explicit_indivisible": {"err"},
+    "jacrev_grad_explicit_indivisible": {"err"},
+    "vmap_cols_explicit": _VMAP_COLS_KEYS,
+    "vmap_cols_auto": _VMAP_COLS_KEYS,
+    "scan_remat_auto_cols": {"w_err", "loss_err", "w_spec"},
+    "export_explicit": {"cuda", "rocm", "tpu"},
+    "handover": {"P('a', 'b')", "P(('b', 'a'),)", "P(None, 'b')", "permuted"},
+}
+_SCALES_KEYS = {"local_grad_bytes"} | {
+    f"{key}_{count}"
+    for key in ("temp_bytes", "value_temp_bytes", "grad_scale_temp_bytes", "x_operands", "err")
+    for count in (4, 64)
+}
+EXTRAS_KEYS |= {"vmap_scales_rows": _SCALES_KEYS, "vmap_scales_cols": _SCALES_KEYS}
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +123,26 @@ def test_runs_on_eight_devices(report):
 def test_every_case_runs(report):
     errors = [f"{_label(c)}: {c['error']}" for c in report["cases"] if "error" in c]
     assert not errors, "\n".join(errors)
+    # Each run of the script's plan is reported once, none dropped.
+    default = (sharding_check.AxisType.Explicit, sharding_check.AxisType.Auto)
+    planned = [
+        (case["name"], "explicit" if axis_type == sharding_check.AxisType.Explicit else "auto")
+        for case in sharding_check.CASES
+        for axis_type in case.get("axis_types", default)
+    ]
+    planned += [
+        (name, "explicit" if axis_type == sharding_check.AxisType.Explicit else "auto")
+        for name, axis_type, _, _ in sharding_check.MORE_RUNS
+    ]
+    reported = [(c["name"], c["axis_type"]) for c in report["cases"]]
+    assert sorted(reported) == sorted(planned)
+
+
+def test_extras_report_every_entry(report):
+    extras = report["extras"]
+    assert set(extras) == set(EXTRAS_KEYS)
+    for name, keys in EXTRAS_KEYS.items():
+        assert set(extras[name]) == keys, name
 
 
 def test_values_and_gradients_match_unsharded(report):
@@ -221,8 +271,7 @@ def test_other_entry_points(report):
     tol = report["tolerance"]["float32"]
     for key in ("eager_explicit", "vmap_explicit", "vmap_auto", "shard_map_explicit"):
         for err in ("value_err", "grad_err"):
-            if err in extras[key]:
-                assert extras[key][err] <= tol, (key, err, extras[key][err])
+            assert extras[key][err] <= tol, (key, err, extras[key][err])
     assert extras["eager_explicit"]["grad_spec"] == ["d", None]
     for key in ("vmap_explicit", "vmap_auto"):
         # A batch-sharded stack under jit(vmap): sharded results, no communication.
@@ -253,8 +302,38 @@ def test_other_entry_points(report):
     assert scan["w_err"] <= tol and scan["loss_err"] <= tol, scan
     assert scan["w_spec"] == [None, "d"], scan
     # Sharded programs on explicit meshes export for GPUs and TPUs, free of callbacks.
+    assert set(extras["export_explicit"]) == {"cuda", "rocm", "tpu"}
     for platform, entry in extras["export_explicit"].items():
         assert entry == {"custom_partitioning": False, "callback": False, "nr_devices": 8}, platform
     # Gradients inside shard_map: in x, and in a replicated scale (psummed).
     assert extras["shard_map_explicit"]["grad_err"] <= tol
     assert extras["shard_map_explicit"]["scale_grad_err"] <= tol
+
+
+def test_vmap_over_scales_keeps_x_unbatched_on_auto_meshes(report):
+    tol = report["tolerance"]["float32"]
+    for tag, moves in (("rows", 0), ("cols", 1)):
+        entry = report["extras"][f"vmap_scales_{tag}"]
+        for count in (4, 64):
+            assert entry[f"err_{count}"] <= tol, (tag, count)
+            # The Gram and the gradient's product, each taking x as it is: 1024 x 8.
+            assert entry[f"x_operands_{count}"] == ["tensor<1024x8xf32>"] * 2, (tag, count)
+        # Values and scale gradients: no temporary grows with the number of scales.
+        for name in ("value", "grad_scale"):
+            assert entry[f"{name}_temp_bytes_64"] <= entry[f"{name}_temp_bytes_4"], (tag, name)
+        # With gradients in x, whose output holds B arrays of x's size: per extra
+        # scale, the product's result before XLA lays it out as the (B, n, m)
+        # output (the unsharded program holds the same), and its all-to-all back
+        # where k is sharded. A copy of x per scale would come on top.
+        per_scale = (entry["temp_bytes_64"] - entry["temp_bytes_4"]) / 60
+        assert per_scale <= (1 + moves) * entry["local_grad_bytes"], (tag, per_scale)
+
+
+def test_layouts_handed_over_without_a_mesh_are_read_back(report):
+    handover = report["extras"]["handover"]
+    assert handover["P('a', 'b')"] == {"spec": ["a", "b"], "warnings": []}
+    assert handover["P(('b', 'a'),)"] == {"spec": [["b", "a"], None], "warnings": []}
+    assert handover["P(None, 'b')"] == {"spec": [None, "b"], "warnings": []}
+    permuted = handover["permuted"]
+    assert permuted["spec"] == [None, None]
+    assert len(permuted["warnings"]) == 1 and "gathered" in permuted["warnings"][0]

@@ -7,11 +7,12 @@ from typing import Any
 import jax
 
 from jaxtrace._src.operator import evaluate
-from jaxtrace._src.validation import prepare_scale, prepare_x
+from jaxtrace._src.validation import gram_side, prepare_scale, prepare_x
 
 
 def _run(name: str, x: Any, scale: Any, log: bool) -> jax.Array:
     x, out_dtype = prepare_x(name, x)
+    gram_side(name, x)
     s = prepare_scale(name, scale, x.dtype)
     return evaluate(x, s, log).astype(out_dtype)
 
@@ -34,7 +35,8 @@ def trace_expm_gram(x: Any, *, scale: Any = 1.0) -> jax.Array:
         \qquad \frac{\partial f}{\partial s} = \sum_i \mu_i e^{s\mu_i},
 
     formed from the same eigendecomposition; the larger Gram matrix is never
-    built. Plain evaluation computes eigenvalues only. Second derivatives
+    built. Plain evaluation skips the gradient's products; it still runs one
+    ``eigh``, which computes the eigenvectors too. Second derivatives
     (``jax.hessian``, ``jax.jacrev(jax.grad(f))``, Hessian-vector products via
     ``jax.jvp(jax.grad(f), ...)``) use the Daleckii--Krein formula and stay
     exact and finite at repeated eigenvalues. ``jax.jvp`` of the function itself
@@ -47,8 +49,9 @@ def trace_expm_gram(x: Any, *, scale: Any = 1.0) -> jax.Array:
     Args:
       x: real array of shape ``(..., n, m)``; leading dimensions are a batch.
         float32 and float64 are kept; integer and bool arrays are promoted to
-        JAX's default float; float16 and bfloat16 are computed in float32 and
-        returned in their own dtype.
+        JAX's default float; floating dtypes narrower than 32 bits (float16,
+        bfloat16, float8, float4) are computed in float32 and returned in
+        their own dtype.
       scale: real scalar :math:`s` (Python number or scalar array), any sign.
         Differentiable when it is an array.
 
@@ -58,7 +61,9 @@ def trace_expm_gram(x: Any, *, scale: Any = 1.0) -> jax.Array:
     Raises:
       TypeError: if ``x`` is not an array, or has a complex or non-numeric
         dtype, or if ``scale`` is not a real number or real scalar array.
-      ValueError: if ``x.ndim < 2`` or ``scale`` is not a scalar.
+      ValueError: if ``x.ndim < 2`` or ``scale`` is not a scalar, or, under
+        ``jax.export`` shape polymorphism, if the symbolic shape leaves
+        undecided which Gram is smaller or makes k = min(n, m) symbolic.
 
     Example:
       >>> import jax, jax.numpy as jnp

@@ -9,6 +9,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxtrace._src.products import is_wide
 from jaxtrace._src.spectral import (
     gram_eigenvalues,
     value_and_grads,
@@ -24,7 +25,7 @@ class _Residuals(NamedTuple):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _op(x: jax.Array, s: jax.Array, log: bool) -> jax.Array:
-    # Undifferentiated calls need the eigenvalues only: no expm, no gradient.
+    # Undifferentiated calls use the eigenvalues only: no product of the gradient.
     return value_from_eigenvalues(gram_eigenvalues(x), s, zero_eigenvalue_count(x), log)
 
 
@@ -64,9 +65,9 @@ def _vary_like(s: jax.Array, x: jax.Array) -> jax.Array:
 def evaluate(x: jax.Array, s: jax.Array, log: bool) -> jax.Array:
     """Runs the operator on prepared inputs, empty matrices included."""
     n, m = x.shape[-2:]
-    if min(n, m) == 0:
+    if (n if is_wide(x) else m) == 0:
         # No Gram to decompose: n - m zero eigenvalues, or none at all.
-        count = max(n - m, 0)
+        count = zero_eigenvalue_count(x)
         if log:
             value = math.log(count) if count else -math.inf
         else:

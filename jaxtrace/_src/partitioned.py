@@ -24,17 +24,21 @@ Two wrappers run these bodies. ``shard_map`` serves meshes with explicit axes,
 whose layout is in the type of ``x`` while tracing (``gram.py`` reshards
 divisible layouts itself). ``custom_partitioning`` serves auto axes, where only
 XLA's partitioner knows the layout: it calls back at compile time with the
-sharding it chose for ``x``, and asks for ``contracting_spec`` where that
-divides. ``custom_partitioning``
-has no rules for ``vmap`` or autodiff, so ``custom_vmap`` (the batched call is
-the same operation with one more batch dimension) and ``custom_jvp`` (the
-products are bilinear; tangents use the plain products) wrap it.
+sharding it chose for ``x`` (read back as a spec over the mesh, whatever kind of
+sharding XLA hands over), and asks for ``contracting_spec`` where that divides.
+``custom_partitioning`` has no rules for ``vmap`` or autodiff, so
+``custom_vmap`` and ``custom_jvp`` (the products are bilinear; tangents use the
+plain products) wrap it. Under ``vmap`` a mapped ``x`` is one more batch
+dimension; a mapped ``w`` alone (``vmap`` over the scale, ``x`` fixed) is one
+more leading dimension of ``w``, so ``x`` is never broadcast.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -173,17 +177,46 @@ def weight_shard_map(x, w, wide: bool, spec: tuple, mesh) -> jax.Array:
 # custom_partitioning: the layout is known at compile time only.
 
 
-def _chosen_spec(arg) -> tuple:
-    """The full spec XLA chose for ``arg``; replicated where that is no mesh layout."""
+def _candidate_specs(ndim: int, axes: tuple):
+    """Every full spec of ``ndim`` dimensions over the mesh ``axes``, each used at most once."""
+    for r in range(len(axes) + 1):
+        for chosen in itertools.permutations(axes, r):
+            for dims in itertools.product(range(ndim), repeat=r):
+                entries = [[] for _ in range(ndim)]
+                for axis, dim in zip(chosen, dims, strict=True):
+                    entries[dim].append(axis)
+                yield tuple(e[0] if len(e) == 1 else (tuple(e) or None) for e in entries)
+
+
+def _chosen_spec(arg, mesh) -> tuple:
+    """The full spec over ``mesh`` of the sharding XLA chose for ``arg``.
+
+    XLA hands over a ``NamedSharding`` where it can; any other sharding (an
+    HLO sharding without a mesh) is matched against the layouts the mesh can
+    express. One that none matches is gathered, with a warning.
+    """
+    ndim = len(arg.shape)
     sharding = arg.sharding
-    if not isinstance(sharding, NamedSharding):
-        return (None,) * len(arg.shape)
-    return full_spec(sharding.spec, len(arg.shape))
+    if isinstance(sharding, NamedSharding):
+        return full_spec(sharding.spec, ndim)
+    if sharding.is_fully_replicated:
+        return (None,) * ndim
+    for spec in _candidate_specs(ndim, tuple(mesh.axis_names)):
+        if sharding.is_equivalent_to(NamedSharding(mesh, PartitionSpec(*spec)), ndim):
+            return spec
+    warnings.warn(
+        f"jaxtrace: XLA laid out an operand of shape {tuple(arg.shape)} as {sharding}, "
+        f"which no PartitionSpec over the mesh axes {dict(mesh.shape)} expresses; it is "
+        "gathered (replicated) for the Gram and the gradient. Shard x with a "
+        "NamedSharding on the mesh to avoid the gather.",
+        stacklevel=2,
+    )
+    return (None,) * ndim
 
 
 def _operand_spec(x, wide: bool, mesh) -> tuple:
     """The layout to ask for ``x`` in: XLA moves divisible layouts (once for both ops)."""
-    spec = _chosen_spec(x)
+    spec = _chosen_spec(x, mesh)
     return contracting_spec(spec, x.shape, wide, mesh.shape) or spec
 
 
@@ -206,7 +239,7 @@ def _cp_gram(wide: bool):
     gram.def_partition(
         partition=partition,
         infer_sharding_from_operands=lambda mesh, arg_shapes, _: NamedSharding(
-            mesh, gram_spec(_chosen_spec(arg_shapes[0]))
+            mesh, gram_spec(_chosen_spec(arg_shapes[0], mesh))
         ),
         sharding_rule=("... k c -> ... i j" if wide else "... c k -> ... i j"),
         reduction_factors=("c",),
@@ -215,47 +248,59 @@ def _cp_gram(wide: bool):
     return gram
 
 
-def _cp_weight(wide: bool):
+def _weight_rule(wide: bool, n_extra: int, mesh, value_types, result_types):
+    """Shardy rule of ``_cp_weight``: x (b.., c, k), w (e.., b.., i, j) -> (e.., b.., c, k)."""
+    del mesh, result_types
+    batch = [f"b{i}" for i in range(len(value_types[0].shape) - 2)]
+    extra = [f"e{i}" for i in range(n_extra)]
+    mat = ["k", "c"] if wide else ["c", "k"]
+    x, w, out = (
+        " ".join(f) for f in (batch + mat, extra + batch + ["i", "j"], extra + batch + mat)
+    )
+    # w is small: its own and its extra dimensions are replicated (in factor order).
+    return f"{x}, {w} -> {out}", {"need_replication_factors": (*extra, "i", "j")}
+
+
+def _cp_weight(wide: bool, n_extra: int):
+    """``weight_product`` of x (..., c, k) and w with ``n_extra`` more leading dimensions.
+
+    The extra dimensions come from ``vmap`` over ``w`` alone (over the scale,
+    ``x`` fixed): ``x`` is never broadcast along them.
+    """
+
     @custom_partitioning
     def weight(x, w):
         return weight_product(x, w, wide)
 
+    def shardings(mesh, arg_shapes):
+        spec = _operand_spec(arg_shapes[0], wide, mesh)
+        extra = (None,) * n_extra
+        w_spec = PartitionSpec(*extra, *gram_spec(spec))
+        return spec, NamedSharding(mesh, PartitionSpec(*extra, *spec)), w_spec
+
     def partition(mesh, arg_shapes, result_shape):
         del result_shape
-        spec = _operand_spec(arg_shapes[0], wide, mesh)
-        x_sharding = NamedSharding(mesh, PartitionSpec(*spec))
+        spec, out_sharding, w_spec = shardings(mesh, arg_shapes)
         body = functools.partial(weight_body, **_body_kwargs(spec, wide, mesh.shape))
-        return mesh, body, x_sharding, (x_sharding, NamedSharding(mesh, gram_spec(spec)))
+        x_sharding = NamedSharding(mesh, PartitionSpec(*spec))
+        return mesh, body, out_sharding, (x_sharding, NamedSharding(mesh, w_spec))
 
     weight.def_partition(
         partition=partition,
-        infer_sharding_from_operands=lambda mesh, arg_shapes, _: NamedSharding(
-            mesh, PartitionSpec(*_chosen_spec(arg_shapes[0]))
-        ),
-        sharding_rule=("... k c, ... i j -> ... k c" if wide else "... c k, ... i j -> ... c k"),
-        need_replication_factors=("i", "j"),
+        infer_sharding_from_operands=lambda mesh, arg_shapes, _: shardings(mesh, arg_shapes)[1],
+        sharding_rule=functools.partial(_weight_rule, wide, n_extra),
     )
     return weight
 
 
-def _batched(fun):
-    """``fun`` under ``vmap``: the same operation with the mapped axis as a batch dimension."""
-    fun = jax.custom_batching.custom_vmap(fun)
-
-    @fun.def_vmap
-    def rule(axis_size, in_batched, *args):
-        args = [
-            a if batched else jnp.broadcast_to(a, (axis_size, *a.shape))
-            for a, batched in zip(args, in_batched, strict=True)
-        ]
-        return fun(*args), True
-
-    return fun
-
-
 @functools.cache
 def _auto_gram(wide: bool):
-    inner = _batched(_cp_gram(wide))
+    inner = jax.custom_batching.custom_vmap(_cp_gram(wide))
+
+    @inner.def_vmap
+    def _rule(axis_size, in_batched, x):
+        del axis_size, in_batched  # x is batched: the mapped axis is one more batch dimension
+        return inner(x), True
 
     @jax.custom_jvp
     def gram(x):
@@ -271,8 +316,25 @@ def _auto_gram(wide: bool):
 
 
 @functools.cache
-def _auto_weight(wide: bool):
-    inner = _batched(_cp_weight(wide))
+def _auto_weight(wide: bool, n_extra: int = 0):
+    """The weight product under ``vmap`` and ``jvp``, with ``n_extra`` leading dimensions of w."""
+    inner = jax.custom_batching.custom_vmap(_cp_weight(wide, n_extra))
+
+    @inner.def_vmap
+    def _rule(axis_size, in_batched, x, w):
+        x_batched, w_batched = in_batched
+        if not x_batched:
+            # Mapped over w alone: one more extra dimension, x stays as it is.
+            return _auto_weight(wide, n_extra + 1)(x, w), True
+        # x's new batch dimension goes in front of its others, after w's extras.
+        if w_batched:
+            w = jnp.moveaxis(w, 0, n_extra)
+        else:
+            w = jnp.broadcast_to(
+                jnp.expand_dims(w, n_extra), (*w.shape[:n_extra], axis_size, *w.shape[n_extra:])
+            )
+        out = _auto_weight(wide, n_extra)(x, w)
+        return (jnp.moveaxis(out, n_extra, 0) if n_extra else out), True
 
     @jax.custom_jvp
     def weight(x, w):

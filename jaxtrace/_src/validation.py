@@ -7,9 +7,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import export
 
-# LAPACK, cuSOLVER and the TPU eigensolver have no half-precision kernels.
-_HALF_DTYPES = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
+# Eigensolvers have no kernels below 32 bits (float16, bfloat16, float8, ...):
+# such inputs are computed in float32.
+_NARROWEST_KERNEL_BITS = 32
 
 
 def _describe(obj: Any) -> str:
@@ -59,10 +61,38 @@ def prepare_x(name: str, x: Any) -> tuple[jax.Array, jnp.dtype]:
     if jnp.issubdtype(dtype, jnp.floating):
         # As jnp does: float64 NumPy input is float32 unless x64 is enabled.
         out_dtype = jnp.dtype(jax.dtypes.canonicalize_dtype(dtype))
-        compute_dtype = jnp.dtype(jnp.float32) if out_dtype in _HALF_DTYPES else out_dtype
+        narrow = jnp.finfo(out_dtype).bits < _NARROWEST_KERNEL_BITS
+        compute_dtype = jnp.dtype(jnp.float32) if narrow else out_dtype
     else:
         out_dtype = compute_dtype = jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
     return jnp.asarray(x).astype(compute_dtype), out_dtype
+
+
+def gram_side(name: str, x: jax.Array) -> bool:
+    """Whether ``x`` (..., n, m) is wide (n < m), decided from its shape at trace time.
+
+    Raises:
+      ValueError: for symbolic shapes (``jax.export``) whose constraints leave
+        the smaller Gram undecided, or make its size k symbolic.
+    """
+    n, m = x.shape[-2:]
+    try:
+        wide = bool(n < m)
+    except jax.errors.InconclusiveDimensionOperation:
+        raise ValueError(
+            f"{name}: expected the shape of x (..., n, m) to decide which Gram matrix is "
+            f"smaller, X^T X (n >= m) or X X^T (n < m), got symbolic n = {n}, m = {m}. "
+            f"Add a constraint to jax.export.symbolic_shape, e.g. constraints=('{n} >= {m}',) "
+            f"or ('{m} >= {n + 1}',)."
+        ) from None
+    k = n if wide else m
+    if export.is_symbolic_dim(k):
+        raise ValueError(
+            f"{name}: expected a concrete size k = min(n, m) of the smaller Gram, got symbolic "
+            f"k = {k} in shape (..., {n}, {m}). JAX lowers eigh only with symbolic batch "
+            "dimensions; keep the smaller of n and m fixed in jax.export.symbolic_shape."
+        )
+    return wide
 
 
 def prepare_scale(name: str, scale: Any, dtype: jnp.dtype) -> jax.Array:
