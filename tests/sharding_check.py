@@ -393,7 +393,7 @@ def _handover_extras() -> dict:
 
     from jax._src.sharding_impls import GSPMDSharding
 
-    from jaxtrace._src import partitioned
+    from jaxtrace._src.layouts import auto
 
     mesh = make_mesh((2, 4), ("a", "b"), AxisType.Auto)
     devices = tuple(mesh.devices.flat)
@@ -403,7 +403,7 @@ def _handover_extras() -> dict:
         arg = jax.ShapeDtypeStruct((64, 16), jnp.float32, sharding=GSPMDSharding(order, hlo))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            got = partitioned._chosen_spec(arg, mesh)
+            got = auto._chosen_spec(arg, mesh)
         return {
             "spec": [list(e) if isinstance(e, tuple) else e for e in got],
             "warnings": [str(w.message) for w in caught],

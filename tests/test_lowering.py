@@ -123,12 +123,27 @@ def test_big_square_detector_sees_the_peer():
     "shape", [(BIG, SMALL), (SMALL, BIG), (3, 6, 4)], ids=["tall", "wide", "batched"]
 )
 def test_plain_jaxpr_is_gram_and_eigenvalues_only(fn, shape):
-    jaxpr = jax.make_jaxpr(jax.jit(fn))(jnp.ones(shape, jnp.float32))
+    jaxpr = jax.make_jaxpr(jax.jit(lambda x: fn(x, method="eigh")))(jnp.ones(shape, jnp.float32))
     counts = _primitive_counts(jaxpr)
     # One product (the small Gram) and one eigh: no expm, no gradient matrix.
     assert counts["dot_general"] == 1, counts
     assert counts["eigh"] == 1, counts
-    assert not {"expm", "custom_jvp_call", "while", "cond"} & set(counts), counts
+    assert not {"expm", "while", "cond"} & set(counts), counts
+
+
+@pytest.mark.parametrize("fn", FUNCS, ids=FUNC_IDS)
+@pytest.mark.parametrize("shape", [(BIG, SMALL), (SMALL, BIG)], ids=["tall", "wide"])
+def test_plain_jaxpr_of_expm_is_gram_and_k_by_k_products(fn, shape):
+    jaxpr = jax.make_jaxpr(jax.jit(lambda x: fn(x, method="expm")))(jnp.ones(shape, jnp.float32))
+    shapes = [
+        tuple(eqn.outvars[0].aval.shape)
+        for eqn in _all_eqns(jaxpr)
+        if eqn.primitive.name == "dot_general"
+    ]
+    # The Gram, then products of k x k matrices only: no eigensolver, no gradient.
+    assert shapes[0] == (SMALL, SMALL) and len(shapes) > 1
+    assert set(shapes) == {(SMALL, SMALL)}, shapes
+    assert "eigh" not in _primitive_counts(jaxpr)
 
 
 def test_grad_jaxpr_builds_the_gradient():

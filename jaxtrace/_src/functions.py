@@ -6,18 +6,21 @@ from typing import Any
 
 import jax
 
+from jaxtrace._src.methods import choose
 from jaxtrace._src.operator import evaluate
-from jaxtrace._src.validation import gram_side, prepare_scale, prepare_x
+from jaxtrace._src.scalars import LOG_TRACE, TRACE, ScalarFunction
+from jaxtrace._src.validation import gram_side, prepare_method, prepare_scale, prepare_x
 
 
-def _run(name: str, x: Any, scale: Any, log: bool) -> jax.Array:
+def _run(fn: ScalarFunction, name: str, x: Any, scale: Any, method: str) -> jax.Array:
     x, out_dtype = prepare_x(name, x)
-    gram_side(name, x)
+    wide = gram_side(name, x)
     s = prepare_scale(name, scale, x.dtype)
-    return evaluate(x, s, log).astype(out_dtype)
+    chosen = choose(prepare_method(name, method), x, wide)
+    return evaluate(x, s, fn, chosen).astype(out_dtype)
 
 
-def trace_expm_gram(x: Any, *, scale: Any = 1.0) -> jax.Array:
+def trace_expm_gram(x: Any, *, scale: Any = 1.0, method: str = "auto") -> jax.Array:
     r"""Trace of the matrix exponential of a scaled Gram matrix.
 
     .. math::
@@ -54,6 +57,10 @@ def trace_expm_gram(x: Any, *, scale: Any = 1.0) -> jax.Array:
         their own dtype.
       scale: real scalar :math:`s` (Python number or scalar array), any sign.
         Differentiable when it is an array.
+      method: how :math:`\exp(sG)` of the k x k Gram is evaluated: ``"eigh"``
+        (one symmetric eigendecomposition), ``"expm"`` (matrix products only:
+        scaling, Taylor and squaring; no eigensolver, factorisation or
+        callback) or ``"auto"`` (a choice made at trace time from static facts).
 
     Returns:
       Array of shape ``(...)`` in the (promoted) dtype of ``x``.
@@ -61,7 +68,8 @@ def trace_expm_gram(x: Any, *, scale: Any = 1.0) -> jax.Array:
     Raises:
       TypeError: if ``x`` is not an array, or has a complex or non-numeric
         dtype, or if ``scale`` is not a real number or real scalar array.
-      ValueError: if ``x.ndim < 2`` or ``scale`` is not a scalar, or, under
+      ValueError: if ``x.ndim < 2``, ``scale`` is not a scalar or ``method`` is
+        not one of the above, or, under
         ``jax.export`` shape polymorphism, if the symbolic shape leaves
         undecided which Gram is smaller or makes k = min(n, m) symbolic.
 
@@ -76,10 +84,10 @@ def trace_expm_gram(x: Any, *, scale: Any = 1.0) -> jax.Array:
              [  0.       , 218.39261  ],
              [  0.       ,   0.       ]], dtype=float32)
     """
-    return _run("trace_expm_gram", x, scale, log=False)
+    return _run(TRACE, "trace_expm_gram", x, scale, method)
 
 
-def log_trace_expm_gram(x: Any, *, scale: Any = 1.0) -> jax.Array:
+def log_trace_expm_gram(x: Any, *, scale: Any = 1.0, method: str = "auto") -> jax.Array:
     r"""Logarithm of :func:`trace_expm_gram`, free of overflow.
 
     .. math::
@@ -107,6 +115,7 @@ def log_trace_expm_gram(x: Any, *, scale: Any = 1.0) -> jax.Array:
     Args:
       x: real array of shape ``(..., n, m)``; leading dimensions are a batch.
       scale: real scalar :math:`s` (Python number or scalar array), any sign.
+      method: as :func:`trace_expm_gram`.
 
     Returns:
       Array of shape ``(...)`` in the (promoted) dtype of ``x``. An empty
@@ -123,4 +132,4 @@ def log_trace_expm_gram(x: Any, *, scale: Any = 1.0) -> jax.Array:
       >>> log_trace_expm_gram(x)  # log(e^900 + e^1): the plain trace overflows
       Array(900., dtype=float32)
     """
-    return _run("log_trace_expm_gram", x, scale, log=True)
+    return _run(LOG_TRACE, "log_trace_expm_gram", x, scale, method)

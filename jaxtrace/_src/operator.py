@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxtrace._src.products import is_wide
-from jaxtrace._src.spectral import (
-    gram_eigenvalues,
-    value_and_grads,
-    value_from_eigenvalues,
-    zero_eigenvalue_count,
-)
+from jaxtrace._src import layouts
+from jaxtrace._src.methods import Method
+from jaxtrace._src.scalars import LogTrace, ScalarFunction
+
+
+def zero_eigenvalue_count(x: jax.Array):
+    """max(n - m, 0): the zero eigenvalues of X X^T absent from the k x k Gram.
+
+    An int, or a symbolic dimension under ``jax.export`` shape polymorphism.
+    """
+    return 0 if layouts.is_wide(x) else x.shape[-2] - x.shape[-1]
 
 
 class _Residuals(NamedTuple):
@@ -23,21 +26,34 @@ class _Residuals(NamedTuple):
     grad_scale: jax.Array  # (...,) d value / d scale
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _op(x: jax.Array, s: jax.Array, log: bool) -> jax.Array:
-    # Undifferentiated calls use the eigenvalues only: no product of the gradient.
-    return value_from_eigenvalues(gram_eigenvalues(x), s, zero_eigenvalue_count(x), log)
+def _value_and_grads(x: jax.Array, s: jax.Array, fn: ScalarFunction, method: Method):
+    """(value, d value / d x, d value / d s): phi(ell) and phi'(ell) times the grads of ell."""
+    wide = layouts.is_wide(x)
+    count = zero_eigenvalue_count(x)
+    top, total, weights, moment = method.weights(layouts.gram(x, wide), s)
+    lt = LogTrace(top, total)
+    factor = fn.weight(lt, count)
+    # 2s goes into the k x k weights: the n x m gradient is one product, no extra pass.
+    grad_x = layouts.weight(x, (2 * s * factor)[..., None, None] * weights, wide)
+    return fn.value(lt, count), grad_x, factor * moment
 
 
-def _op_fwd(x: jax.Array, s: jax.Array, log: bool):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _op(x: jax.Array, s: jax.Array, fn: ScalarFunction, method: Method) -> jax.Array:
+    # Undifferentiated calls need ell only: no product of the gradient.
+    top, total = method.log_trace(layouts.gram(x, layouts.is_wide(x)), s)
+    return fn.value(LogTrace(top, total), zero_eigenvalue_count(x))
+
+
+def _op_fwd(x: jax.Array, s: jax.Array, fn: ScalarFunction, method: Method):
     # The primal is computed inline (not through _op) so that forward-mode
     # differentiation of this rule, as in jax.hessian, stays possible.
-    value, grad_x, grad_scale = value_and_grads(x, s, log)
+    value, grad_x, grad_scale = _value_and_grads(x, s, fn, method)
     return value, _Residuals(grad_x, grad_scale)
 
 
-def _op_bwd(log: bool, res: _Residuals, ct: jax.Array):
-    del log
+def _op_bwd(fn: ScalarFunction, method: Method, res: _Residuals, ct: jax.Array):
+    del fn, method
     return ct[..., None, None] * res.grad_x, jnp.sum(ct * res.grad_scale)
 
 
@@ -62,15 +78,11 @@ def _vary_like(s: jax.Array, x: jax.Array) -> jax.Array:
     return jax.lax.pcast(s, missing, to="varying") if missing else s
 
 
-def evaluate(x: jax.Array, s: jax.Array, log: bool) -> jax.Array:
+def evaluate(x: jax.Array, s: jax.Array, fn: ScalarFunction, method: Method) -> jax.Array:
     """Runs the operator on prepared inputs, empty matrices included."""
     n, m = x.shape[-2:]
-    if (n if is_wide(x) else m) == 0:
-        # No Gram to decompose: n - m zero eigenvalues, or none at all.
-        count = zero_eigenvalue_count(x)
-        if log:
-            value = math.log(count) if count else -math.inf
-        else:
-            value = float(count)
-        return jnp.full(x.shape[:-2], value, dtype=x.dtype)
-    return _op(x, _vary_like(s, x), log)
+    if (n if layouts.is_wide(x) else m) == 0:
+        # No Gram: ell is the log of an empty sum, and only n - m zero eigenvalues remain.
+        top = jnp.full(x.shape[:-2], -jnp.inf, dtype=x.dtype)
+        return fn.value(LogTrace(top, jnp.ones_like(top)), zero_eigenvalue_count(x))
+    return _op(x, _vary_like(s, x), fn, method)

@@ -95,6 +95,19 @@ def gram_side(name: str, x: jax.Array) -> bool:
     return wide
 
 
+METHOD_NAMES = ("auto", "eigh", "expm")
+
+
+def prepare_method(name: str, method: Any) -> str:
+    """Checks ``method`` (a static string) against the known methods."""
+    if not isinstance(method, str) or method not in METHOD_NAMES:
+        raise ValueError(
+            f"{name}: expected method to be one of {', '.join(map(repr, METHOD_NAMES))}, "
+            f"got {method!r}."
+        )
+    return method
+
+
 def prepare_scale(name: str, scale: Any, dtype: jnp.dtype) -> jax.Array:
     """Checks ``scale`` (a real scalar) and casts it to the compute dtype."""
     if isinstance(scale, (bool, np.bool_)):

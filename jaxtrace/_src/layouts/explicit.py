@@ -1,0 +1,78 @@
+"""Products on a mesh with explicit axes: the layout of ``x`` is in its type.
+
+Where the contracted dimension divides evenly over the axes to move, ``x`` is
+resharded (``reshard``, one all-to-all if its k dimension is sharded) and the
+contraction is given its output sharding, which a bare ``x.T @ x`` lacks under
+an explicit mesh; XLA then all-reduces the k x k partial sums. Elsewhere the
+per-device bodies of ``blocks.py`` run under ``shard_map``, which pads.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxtrace._src.layouts import blocks, plain
+
+
+def _named(mesh, spec) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(*spec))
+
+
+def _moved(x: jax.Array, spec: tuple, target: tuple, mesh) -> jax.Array:
+    return x if target == spec else jax.sharding.reshard(x, _named(mesh, target))
+
+
+def _body(fun, spec: tuple, wide: bool, mesh):
+    return functools.partial(fun, **blocks.body_kwargs(spec, wide, mesh.shape))
+
+
+def gram(x: jax.Array, wide: bool, spec: tuple, mesh) -> jax.Array:
+    target = blocks.contracting_spec(spec, x.shape, wide, mesh.shape)
+    if target is None:
+        return jax.shard_map(
+            _body(blocks.gram, spec, wide, mesh),
+            mesh=mesh,
+            in_specs=PartitionSpec(*spec),
+            out_specs=blocks.gram_spec(spec),
+        )(x)
+    x = _moved(x, spec, target, mesh)
+    return plain.gram(x, wide, out_sharding=NamedSharding(mesh, blocks.gram_spec(target)))
+
+
+def cross(a: jax.Array, b: jax.Array, wide: bool, spec: tuple, mesh) -> jax.Array:
+    """``plain.cross`` of ``a`` laid out as ``spec`` and ``b`` (moved to ``spec`` if needed)."""
+    b = (
+        b
+        if blocks.full_spec(jax.typeof(b).sharding.spec, b.ndim) == spec
+        else (jax.sharding.reshard(b, _named(mesh, spec)))
+    )
+    target = blocks.contracting_spec(spec, a.shape, wide, mesh.shape)
+    if target is None:
+        return jax.shard_map(
+            _body(blocks.cross, spec, wide, mesh),
+            mesh=mesh,
+            in_specs=(PartitionSpec(*spec),) * 2,
+            out_specs=blocks.gram_spec(spec),
+        )(a, b)
+    a, b = (_moved(c, spec, target, mesh) for c in (a, b))
+    return plain.cross(a, b, wide, out_sharding=NamedSharding(mesh, blocks.gram_spec(target)))
+
+
+def weight(x: jax.Array, w: jax.Array, wide: bool, spec: tuple, mesh) -> jax.Array:
+    """``plain.weight``, laid out like ``x``."""
+    target = blocks.contracting_spec(spec, x.shape, wide, mesh.shape)
+    if target is None:
+        w_spec = blocks.gram_spec(spec)
+        if blocks.full_spec(jax.typeof(w).sharding.spec, w.ndim) != tuple(w_spec):
+            w = jax.sharding.reshard(w, NamedSharding(mesh, w_spec))
+        return jax.shard_map(
+            _body(blocks.weight, spec, wide, mesh),
+            mesh=mesh,
+            in_specs=(PartitionSpec(*spec), w_spec),
+            out_specs=PartitionSpec(*spec),
+        )(x, w)
+    out = plain.weight(_moved(x, spec, target, mesh), w, wide, out_sharding=_named(mesh, target))
+    return _moved(out, target, spec, mesh)

@@ -1,0 +1,40 @@
+r"""Evaluation methods behind one small interface, and the automatic choice.
+
+A method turns the k x k Gram ``g`` and the scale ``s`` into the log-trace
+:math:`\ell = \log\operatorname{tr}\exp(sG)`, as the pair ``(top, total)``
+with :math:`\ell = top + \log(total)` (``log_trace``) and, for derivatives,
+into ``(top, total, W, M)`` (``weights``): :math:`W = total\,\hat E` with
+:math:`\hat E = \exp(sG)/e^\ell` and :math:`M = total\,\partial\ell/\partial s`,
+unnormalised so that the trace's gradients :math:`e^{top}W` round no more
+than their terms. ``weights`` is differentiable once more, in forward and
+reverse mode (the second derivatives of the public functions). Adding a method is one module
+and one entry of ``METHODS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+
+from jaxtrace._src.methods import eigh, expm
+
+
+class Method(NamedTuple):
+    name: str
+    log_trace: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+    weights: Callable[[jax.Array, jax.Array], tuple[jax.Array, ...]]
+
+
+METHODS = {
+    "eigh": Method("eigh", eigh.log_trace, eigh.weights),
+    "expm": Method("expm", expm.log_trace, expm.weights),
+}
+
+
+def choose(name: str, x: jax.Array, wide: bool) -> Method:
+    """The method for ``name``; "auto" decides from static facts alone."""
+    if name != "auto":
+        return METHODS[name]
+    return METHODS["eigh"]
