@@ -21,8 +21,11 @@ def _named(mesh, spec) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(*spec))
 
 
-def _moved(x: jax.Array, spec: tuple, target: tuple, mesh) -> jax.Array:
-    return x if target == spec else jax.sharding.reshard(x, _named(mesh, target))
+def _laid_out(a: jax.Array, spec, mesh) -> jax.Array:
+    """``a`` laid out as ``spec`` (a no-op when it already is)."""
+    if blocks.full_spec(jax.typeof(a).sharding.spec, a.ndim) == tuple(spec):
+        return a
+    return jax.sharding.reshard(a, _named(mesh, spec))
 
 
 def _body(fun, spec: tuple, wide: bool, mesh):
@@ -30,6 +33,7 @@ def _body(fun, spec: tuple, wide: bool, mesh):
 
 
 def gram(x: jax.Array, wide: bool, spec: tuple, mesh) -> jax.Array:
+    """``plain.gram`` of ``x`` laid out as ``spec``: replicated but for batch dimensions."""
     target = blocks.contracting_spec(spec, x.shape, wide, mesh.shape)
     if target is None:
         return jax.shard_map(
@@ -38,17 +42,13 @@ def gram(x: jax.Array, wide: bool, spec: tuple, mesh) -> jax.Array:
             in_specs=PartitionSpec(*spec),
             out_specs=blocks.gram_spec(spec),
         )(x)
-    x = _moved(x, spec, target, mesh)
+    x = _laid_out(x, target, mesh)
     return plain.gram(x, wide, out_sharding=NamedSharding(mesh, blocks.gram_spec(target)))
 
 
 def cross(a: jax.Array, b: jax.Array, wide: bool, spec: tuple, mesh) -> jax.Array:
     """``plain.cross`` of ``a`` laid out as ``spec`` and ``b`` (moved to ``spec`` if needed)."""
-    b = (
-        b
-        if blocks.full_spec(jax.typeof(b).sharding.spec, b.ndim) == spec
-        else (jax.sharding.reshard(b, _named(mesh, spec)))
-    )
+    b = _laid_out(b, spec, mesh)
     target = blocks.contracting_spec(spec, a.shape, wide, mesh.shape)
     if target is None:
         return jax.shard_map(
@@ -57,7 +57,7 @@ def cross(a: jax.Array, b: jax.Array, wide: bool, spec: tuple, mesh) -> jax.Arra
             in_specs=(PartitionSpec(*spec),) * 2,
             out_specs=blocks.gram_spec(spec),
         )(a, b)
-    a, b = (_moved(c, spec, target, mesh) for c in (a, b))
+    a, b = _laid_out(a, target, mesh), _laid_out(b, target, mesh)
     return plain.cross(a, b, wide, out_sharding=NamedSharding(mesh, blocks.gram_spec(target)))
 
 
@@ -66,13 +66,12 @@ def weight(x: jax.Array, w: jax.Array, wide: bool, spec: tuple, mesh) -> jax.Arr
     target = blocks.contracting_spec(spec, x.shape, wide, mesh.shape)
     if target is None:
         w_spec = blocks.gram_spec(spec)
-        if blocks.full_spec(jax.typeof(w).sharding.spec, w.ndim) != tuple(w_spec):
-            w = jax.sharding.reshard(w, NamedSharding(mesh, w_spec))
+        w = _laid_out(w, w_spec, mesh)
         return jax.shard_map(
             _body(blocks.weight, spec, wide, mesh),
             mesh=mesh,
             in_specs=(PartitionSpec(*spec), w_spec),
             out_specs=PartitionSpec(*spec),
         )(x, w)
-    out = plain.weight(_moved(x, spec, target, mesh), w, wide, out_sharding=_named(mesh, target))
-    return _moved(out, target, spec, mesh)
+    out = plain.weight(_laid_out(x, target, mesh), w, wide, out_sharding=_named(mesh, target))
+    return _laid_out(out, spec, mesh)
