@@ -322,6 +322,7 @@ def extras() -> dict:
 
     out.update(_k_sharded_extras())
     out.update(_vmap_scales_extras())
+    out.update(_expm_extras(xb_host))
     out.update(_handover_extras())
 
     # jit(vmap(...)) over a batch-sharded stack of matrices.
@@ -342,6 +343,28 @@ def extras() -> dict:
             "grad_collectives": collectives(g.as_text()),
         }
     return out
+
+
+def _expm_extras(xb_host) -> dict:
+    """method="expm" under jit(vmap) of a batch-sharded stack on an explicit mesh."""
+
+    def log_trace(x):
+        return jaxtrace.log_trace_expm_gram(x, scale=SCALE, method="expm")
+
+    want = np.asarray(log_trace(jnp.asarray(xb_host)))
+    want_grad = np.asarray(jax.vmap(jax.grad(log_trace))(jnp.asarray(xb_host)))
+    mesh = make_mesh((8,), ("d",), AxisType.Explicit)
+    xb = jax.device_put(xb_host, NamedSharding(mesh, P("d", None, None)))
+    with jax.set_mesh(mesh):
+        value = jax.jit(jax.vmap(log_trace))(xb)
+        grad = jax.jit(jax.vmap(jax.grad(log_trace)))(xb)
+    return {
+        "vmap_expm_explicit": {
+            "value_err": _rel_err(value, want),
+            "grad_err": _rel_err(grad, want_grad),
+            "grad_spec": _spec(grad.sharding.spec, 3),
+        }
+    }
 
 
 def _vmap_scales_extras() -> dict:

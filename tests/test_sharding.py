@@ -51,6 +51,7 @@ _SCALES_KEYS = {"local_grad_bytes"} | {
     for count in (4, 64)
 }
 EXTRAS_KEYS |= {"vmap_scales_rows": _SCALES_KEYS, "vmap_scales_cols": _SCALES_KEYS}
+EXTRAS_KEYS["vmap_expm_explicit"] = {"value_err", "grad_err", "grad_spec"}
 
 
 @pytest.fixture(scope="module")
@@ -337,3 +338,10 @@ def test_layouts_handed_over_without_a_mesh_are_read_back(report):
     permuted = handover["permuted"]
     assert permuted["spec"] == [None, None]
     assert len(permuted["warnings"]) == 1 and "gathered" in permuted["warnings"][0]
+
+
+def test_expm_method_under_vmap_on_an_explicit_mesh(report):
+    entry = report["extras"]["vmap_expm_explicit"]
+    tol = report["tolerance"]["float32"]
+    assert entry["value_err"] <= tol and entry["grad_err"] <= tol, entry
+    assert entry["grad_spec"] == ["d", None, None]

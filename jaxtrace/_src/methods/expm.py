@@ -39,14 +39,32 @@ def _bounded(ell: jax.Array, g: jax.Array, s: jax.Array) -> jax.Array:
     return jnp.where(s <= 0, jnp.minimum(ell, log_k), ell)
 
 
+@jax.custom_batching.custom_vmap
+def _kernel(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return taylor.log_trace_and_weights(a)
+
+
+@_kernel.def_vmap
+def _kernel_vmap(axis_size, in_batched, a):
+    # The kernel takes batch dimensions itself: under vmap its squaring loop stays
+    # one loop over the batch's largest count. (vmap's own rule for a loop with a
+    # batched predicate fails on meshes with explicit axes.) Never differentiated:
+    # derivatives go through the transposable variant.
+    del axis_size, in_batched
+    return _kernel(a), (True, True)
+
+
 def log_trace(g: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(ell, 1): ell = log tr exp(s G) by products alone."""
-    ell = _bounded(taylor.log_trace(s * g), g, s)
+    ell = _bounded(_kernel(s * g)[0], g, s)
     return ell, jnp.ones_like(ell)
 
 
 def _weights(g: jax.Array, s: jax.Array, *, transposable: bool):
-    ell, e_hat = taylor.log_trace_and_weights(s * g, transposable=transposable)
+    if transposable:
+        ell, e_hat = taylor.log_trace_and_weights(s * g, transposable=True)
+    else:
+        ell, e_hat = _kernel(s * g)
     ell = _bounded(ell, g, s)
     return ell, jnp.ones_like(ell), e_hat, jnp.maximum(_pair(g, e_hat), 0)
 
