@@ -14,9 +14,9 @@ from jaxtrace._src.validation import gram_side, prepare_method, prepare_scale, p
 
 def _run(fn: ScalarFunction, name: str, x: Any, scale: Any, method: str) -> jax.Array:
     x, out_dtype = prepare_x(name, x)
-    wide = gram_side(name, x)
+    gram_side(name, x)
     s = prepare_scale(name, scale, x.dtype)
-    chosen = choose(prepare_method(name, method), x, wide)
+    chosen = choose(prepare_method(name, method))
     return evaluate(x, s, fn, chosen).astype(out_dtype)
 
 

@@ -7,9 +7,10 @@ For a batch of real symmetric :math:`A` (``(..., k, k)``) this module computes
     \ell = \log \operatorname{tr} e^{A}, \qquad \hat E = e^{A} / \operatorname{tr} e^{A},
 
 with no eigensolver, factorisation or solve: only matrix products, elementwise
-operations, reductions and one ``lax.while_loop``, so that it lowers to plain
-``dot_general`` on every backend and can be differentiated in forward mode to
-any order.
+operations, reductions and one loop over the squarings (a ``lax.while_loop``,
+or a ``lax.scan`` where reverse mode must transpose the derivative), so that it
+lowers to plain ``dot_general`` on every backend and can be differentiated in
+forward mode to any order.
 
 Algorithm (all steps per matrix of the batch):
 
@@ -163,13 +164,14 @@ def _scaled_powers(b: jax.Array) -> tuple[list[jax.Array], jax.Array, jax.Array]
     # eta = 2^e ||P_4||_F^(1/4) = ||lambda(B)||_8 >= rho(B): the sharpest of the
     # ||P_j||_F^(1/j) = ||lambda||_2j at hand (p-norms decrease with p).
     log2_eta = e + 0.25 * _log2_frobenius(lax.stop_gradient(powers[-1]))
-    # A finite matrix has log2(eta) <= maxexp + log2(k) (||P_4||_F <= ||B'||_F^4 < (4k)^4);
-    # the cap only keeps a non-finite bound (NaN/inf input, whose result is NaN
-    # anyway) from looping.
+    # A non-finite bound (NaN/inf input, whose result is NaN anyway) squares
+    # nothing; q beyond MAX_SQUARINGS (a spectrum too wide for the static loop)
+    # is capped at MAX_SQUARINGS + 1 and its result set to NaN below.
     qf = jnp.ceil(log2_eta - math.log2(_THETA[dtype]))
     q = jnp.where(jnp.isfinite(qf), jnp.clip(qf, 0, MAX_SQUARINGS + 1), 0).astype(jnp.int32)
     # Y^j = 2^(j (e - q)) P_j. As 2^(e-1) <= max|B| <= rho(B) <= eta <= k^(9/8) 2^e and
-    # 2^(q-1) < eta/theta <= 2^q (or q = 0, e <= 1): -4.5 log2(k) - 8 < j (e - q) <= 4.
+    # 2^(q-1) < eta/theta <= 2^q (or q = 0, e <= 1): -4.5 log2(k) - 8 < j (e - q) <= 4
+    # for every q below the cap.
     ys = [p * _pow2(j * (e - q), dtype)[..., None, None] for j, p in enumerate(powers, 1)]
     return ys, q, log2_eta
 

@@ -33,8 +33,6 @@ METHODS = {
 }
 
 
-def choose(name: str, x: jax.Array, wide: bool) -> Method:
-    """The method for ``name``; "auto" decides from static facts alone."""
-    if name != "auto":
-        return METHODS[name]
-    return METHODS["eigh"]
+def choose(name: str) -> Method:
+    """The method for ``name``; "auto" is eigh for now (a static choice)."""
+    return METHODS["eigh" if name == "auto" else name]
