@@ -1,19 +1,15 @@
-"""Benchmark suite of jaxtrace: the operator against its peer, its core and its HVP.
+"""Benchmark suite of jaxtrace: both functions, three methods, three peers, core and HVP.
 
 Run ``python -m benchmarks`` for the quick sweep or ``python -m benchmarks --full``
-for the complete one; ``python -m benchmarks --help`` lists the options. Each run
-writes ``benchmark.json``, ``benchmark.md`` and ``benchmark.png`` under ``--out``.
+for the complete one; ``--help`` lists the options. Each run writes
+``benchmark.json``, ``benchmark.md`` and ``benchmark.png`` under ``--out``.
 
-Modules, one job each:
-
-* :mod:`benchmarks.cases`: what is measured (shapes, dtypes, modes, inputs);
-* :mod:`benchmarks.programs`: the functions compared (jaxtrace, peer, core, HVP);
-* :mod:`benchmarks.checks`: correctness against the peer and a float64 reference;
-* :mod:`benchmarks.budget`: matmul-rate calibration, peer skipping, repeat counts;
-* :mod:`benchmarks.timing`: compilation, memory and interleaved timing;
-* :mod:`benchmarks.runner`: one comparison from check to figures;
-* :mod:`benchmarks.environment`: device selection and the run's environment;
-* :mod:`benchmarks.report`: terminal table, JSON and Markdown;
-* :mod:`benchmarks.plot`: the PNG plot;
-* :mod:`benchmarks.cli`: the command line.
+Modules, one job each: :mod:`~benchmarks.cases` (what is measured),
+:mod:`~benchmarks.programs` (jaxtrace, the peers, the core, the HVP),
+:mod:`~benchmarks.checks` (the float64 reference), :mod:`~benchmarks.timing`
+(compilation, memory, interleaved rounds), :mod:`~benchmarks.runner` (one
+comparison from check to figures), :mod:`~benchmarks.targets` (the issue's
+targets), :mod:`~benchmarks.flops` (the flop model), :mod:`~benchmarks.environment`
+(device and host), :mod:`~benchmarks.report` (tables, JSON, Markdown),
+:mod:`~benchmarks.plot` and :mod:`~benchmarks.cli`.
 """

@@ -1,12 +1,23 @@
-"""The programs compared: jaxtrace, its peer, the design's core and the HVP.
+"""The programs compared: jaxtrace, three peers, the design's core and the HVP.
 
-Every builder returns a plain function of JAX arrays, to be jitted by
-:mod:`benchmarks.timing`. For a batch, both jaxtrace and the peer differentiate
-the sum over the batch, so the two compute exactly the same value and gradient.
+Every builder returns a plain function of JAX arrays, jitted by
+:mod:`benchmarks.timing`. With gradients, every program differentiates the sum
+over the batch, so all compute the same value and gradient.
+
+The peers are what a well-read user writes, each differentiated by autodiff:
+
+* ``peer_card``, the design card's: ``jnp.trace(expm(x @ x.T))`` (an n x n expm);
+* ``peer_gram``: the smaller Gram, ``jnp.trace(expm(x.T @ x)) + n - m`` (``x @ x.T`` if wide);
+* ``peer_eigvalsh``: ``jnp.sum(jnp.exp(jnp.linalg.eigvalsh(G))) + n - m``.
+
+Their log forms take the log of the trace (``peer_card``, ``peer_gram``: these
+overflow at large norms, as users' code would) or a ``logsumexp`` over the
+eigenvalues and ``max(n - m, 0)`` zeros (``peer_eigvalsh``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -17,9 +28,11 @@ from jax import lax
 import jaxtrace
 
 _HIGHEST = lax.Precision.HIGHEST
+JAXTRACE = {"trace": jaxtrace.trace_expm_gram, "log_trace": jaxtrace.log_trace_expm_gram}
+METHODS = ("eigh", "expm")
 
 
-def _with_grad(f: Callable[[jax.Array], jax.Array], mode: str) -> Callable[..., Any]:
+def with_grad(f: Callable[[jax.Array], jax.Array], mode: str) -> Callable[..., Any]:
     """``f`` (mode ``"value"``) or ``value_and_grad`` of its sum over the batch."""
     if mode == "value":
         return f
@@ -28,109 +41,87 @@ def _with_grad(f: Callable[[jax.Array], jax.Array], mode: str) -> Callable[..., 
     raise ValueError(f"unknown mode {mode!r}")
 
 
-def jaxtrace_program(mode: str) -> Callable[..., Any]:
-    """``jaxtrace.trace_expm_gram`` in the given mode.
+def jaxtrace_fn(function: str, method: str = "auto") -> Callable[[jax.Array], jax.Array]:
+    """``jaxtrace.trace_expm_gram`` (``"trace"``) or its log, with ``method``."""
+    return functools.partial(JAXTRACE[function], method=method)
+
+
+def _small_gram(x: jax.Array) -> tuple[jax.Array, int]:
+    """The smaller Gram of one matrix and the count of unit eigenvalues it leaves out."""
+    n, m = x.shape
+    return (x.T @ x if n >= m else x @ x.T), max(n - m, 0)
+
+
+def _card(x: jax.Array, log: bool) -> jax.Array:
+    t = jnp.trace(jax.scipy.linalg.expm(x @ x.T))
+    return jnp.log(t) if log else t
+
+
+def _gram(x: jax.Array, log: bool) -> jax.Array:
+    g, pad = _small_gram(x)
+    t = jnp.trace(jax.scipy.linalg.expm(g)) + pad
+    return jnp.log(t) if log else t
+
+
+def _eigvalsh(x: jax.Array, log: bool) -> jax.Array:
+    g, pad = _small_gram(x)
+    mu = jnp.linalg.eigvalsh(g)
+    if not log:
+        return jnp.sum(jnp.exp(mu)) + pad
+    if pad:  # the pad unit eigenvalues of expm contribute log(pad) to the logsumexp
+        mu = jnp.concatenate([mu, jnp.log(jnp.full((1,), pad, mu.dtype))])
+    return jax.nn.logsumexp(mu)
+
+
+PEERS = {"peer_card": _card, "peer_gram": _gram, "peer_eigvalsh": _eigvalsh}
+
+
+def peer_fn(name: str, function: str, precision: str = "highest") -> Callable[..., jax.Array]:
+    """A peer of :data:`PEERS`, vmapped over the batch.
 
     Args:
-      mode: ``"value"`` (returns the batch of values) or ``"value_and_grad"``
-        (returns the summed value and the gradient, shaped like ``x``).
-    """
-    return _with_grad(jaxtrace.trace_expm_gram, mode)
-
-
-def peer_program(mode: str, precision: str = "highest") -> Callable[..., Any]:
-    """The peer: ``jnp.trace(jax.scipy.linalg.expm(x @ x.T))``, vmapped over the batch.
-
-    Args:
-      mode: as in :func:`jaxtrace_program`.
+      name: key of :data:`PEERS`.
+      function: ``"trace"`` or ``"log_trace"``.
       precision: JAX's default matmul precision while tracing the peer.
-        ``"highest"`` matches jaxtrace, which uses full-precision products; on
-        GPUs and TPUs ``"default"`` lets the peer round float32 to TF32/bfloat16,
+        ``"highest"`` matches jaxtrace's full-precision products; on GPUs and
+        TPUs ``"default"`` lets the peer round float32 to TF32/bfloat16,
         which would compare precisions rather than algorithms.
     """
-
-    def single(x: jax.Array) -> jax.Array:
-        return jnp.trace(jax.scipy.linalg.expm(x @ x.T))
-
-    def batched(x: jax.Array) -> jax.Array:
-        batch_shape, (n, m) = x.shape[:-2], x.shape[-2:]
-        if not batch_shape:
-            return single(x)
-        flat = jax.vmap(single)(x.reshape(-1, n, m))
-        return flat.reshape(batch_shape)
+    single = functools.partial(PEERS[name], log=function == "log_trace")
 
     def peer(x: jax.Array) -> jax.Array:
-        if precision == "default":
-            return batched(x)
-        with jax.default_matmul_precision(precision):
-            return batched(x)
+        batch_shape, (n, m) = x.shape[:-2], x.shape[-2:]
+        with jax.default_matmul_precision(None if precision == "default" else precision):
+            if not batch_shape:
+                return single(x)
+            return jax.vmap(single)(x.reshape(-1, n, m)).reshape(batch_shape)
 
-    return _with_grad(peer, mode)
+    return peer
 
 
 def core_program() -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
-    """The unavoidable core of jaxtrace's value-and-gradient for one matrix ``x``.
+    """The unavoidable core of the eigh method's value and gradient, for one matrix.
 
-    One Gram product ``x.T @ x`` (``x @ x.T`` if wide), one ``eigh`` (no symmetrisation, no sorting,
-    as in jaxtrace), ``W = V diag(2 e^mu) V^T`` and ``x @ W`` (``W @ x``), plus the value
-    ``sum(e^mu) + n - m``. The factor 2 rides on the k-vector, so the core has
-    no elementwise pass over ``x`` that the formula does not need.
+    One Gram product (``x.T @ x``, or ``x @ x.T`` if wide), one ``eigh`` (no
+    symmetrisation, no sorting), ``W = V diag(2 e^mu) V^T``, ``x @ W`` (``W @ x``)
+    and the value ``sum(e^mu) + n - m``.
     """
 
     def core(x: jax.Array) -> tuple[jax.Array, jax.Array]:
         n, m = x.shape
-        wide = n < m  # a wide x takes the Gram on the other side, as in jaxtrace
-        gram = (
-            jnp.matmul(x, x.T, precision=_HIGHEST)
-            if wide
-            else jnp.matmul(x.T, x, precision=_HIGHEST)
+        mm = functools.partial(jnp.matmul, precision=_HIGHEST)
+        wide = n < m
+        v, mu = lax.linalg.eigh(
+            mm(x, x.T) if wide else mm(x.T, x), symmetrize_input=False, sort_eigenvalues=False
         )
-        v, mu = lax.linalg.eigh(gram, symmetrize_input=False, sort_eigenvalues=False)
         e = jnp.exp(mu)
-        w = jnp.matmul(v * (2 * e), v.T, precision=_HIGHEST)
-        grad = (
-            jnp.matmul(w, x, precision=_HIGHEST) if wide else jnp.matmul(x, w, precision=_HIGHEST)
-        )
-        return jnp.sum(e) + max(n - m, 0), grad
+        w = mm(v * (2 * e), v.T)
+        return jnp.sum(e) + max(n - m, 0), mm(w, x) if wide else mm(x, w)
 
     return core
 
 
-def hvp_program() -> Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
-    """Forward-over-reverse Hessian-vector product: ``jax.jvp(jax.grad(f), (x,), (v,))``.
-
-    Returns:
-      A function of ``(x, v)`` returning ``(grad, hvp)``.
-    """
-    grad = jax.grad(lambda x: jaxtrace.trace_expm_gram(x).sum())
-
-    def hvp(x: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return jax.jvp(grad, (x,), (v,))
-
-    return hvp
-
-
-def peer_flops(shape: tuple[int, ...], mode: str) -> float:
-    """A rough flop count of the peer, to decide whether it is worth running.
-
-    The peer forms the n x n matrix ``x @ x.T`` and runs Padé-13 scaling and
-    squaring on it: about 10 n x n matmul equivalents with the solve and a few
-    squarings. Under ``vmap`` every Padé branch and all 16 squarings are
-    evaluated (``switch`` and ``cond`` become ``select``): about 40. The
-    gradient triples it. Only the order of magnitude matters here.
-
-    Args:
-      shape: ``(..., n, m)``.
-      mode: ``"value"`` or ``"value_and_grad"``.
-
-    Returns:
-      Estimated floating-point operations of one call.
-    """
-    *batch_shape, n, m = shape
-    batch = 1
-    for d in batch_shape:
-        batch *= d
-    matmuls = 40.0 if batch_shape else 10.0
-    if mode == "value_and_grad":
-        matmuls *= 3.0
-    return batch * (2.0 * n * n * m + matmuls * 2.0 * n**3)
+def hvp_program(function: str, method: str) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """Forward-over-reverse HVP ``jax.jvp(jax.grad(f), (x,), (v,))``: ``(x, v) -> (grad, hvp)``."""
+    grad = jax.grad(lambda x: jaxtrace_fn(function, method)(x).sum())
+    return lambda x, v: jax.jvp(grad, (x,), (v,))

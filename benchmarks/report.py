@@ -1,9 +1,8 @@
-"""The written results: terminal tables, the JSON file and the Markdown file.
+"""The written results: the JSON file and the Markdown report, also printed to the terminal.
 
-The three sections (jaxtrace against the peer, against its core, and the HVP)
-share one table layout: two programs, A and B, their medians, the median of
-the per-round ratios, compiled temporary memory, the correctness check and a
-footnote for anything skipped or failed, so nothing is dropped silently.
+The report's tables: jaxtrace against the peers, the core
+and HVP rows, the targets and the flop model, with a numbered note for anything
+invalid, skipped or failed, so that nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -14,256 +13,223 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-SECTIONS = {
-    "peer": ("jaxtrace against the peer", "jaxtrace", "peer"),
-    "core": ("jaxtrace against its core (value and gradient)", "jaxtrace", "core"),
-    "hvp": ("Hessian-vector product against value and gradient", "hvp", "value_and_grad"),
+from benchmarks import targets
+from benchmarks.environment import load_warning
+from benchmarks.programs import PEERS
+
+# Column names of the programs of a peer record.
+SHORT = {
+    "jaxtrace": "auto",
+    "jaxtrace_eigh": "eigh",
+    "jaxtrace_expm": "expm",
+    "peer_card": "card",
+    "peer_gram": "gram",
+    "peer_eigvalsh": "eigvalsh",
 }
-RATIO_NOTES = {
-    "peer": "peer/jaxtrace: the median of per-round ratios; above 1, jaxtrace is faster.",
-    "core": (
-        "jaxtrace/core: the core is the Gram product, one eigh, V diag(2e^mu) V^T and "
-        "x @ W; target <= 1.2."
-    ),
-    "hvp": "hvp/value_and_grad: jax.jvp(jax.grad(f)) against jax.value_and_grad(f); target <= 3.",
-}
+LEGEND = (
+    "auto, eigh, expm: jaxtrace with that method (auto's pick in column method); card: "
+    "`jnp.trace(expm(x @ x.T))`, the design card's peer; gram: `jnp.trace(expm(x.T @ x)) + n - m` "
+    "(the smaller Gram); eigvalsh: `sum(exp(eigvalsh(G))) + n - m`; log_trace rows use their log "
+    "forms (`log(trace)`, `logsumexp`). card/auto and best/auto: medians of per-round ratios of "
+    "the card's or the fastest valid peer's time over jaxtrace's (auto); above 1, jaxtrace is "
+    "faster. mem: compiled temporary memory. err: largest relative error of jaxtrace's three "
+    "programs against the float64 reference (NumPy SVD)."
+)
 
 
 def format_seconds(seconds: float | None) -> str:
     """``0.0123`` -> ``"12.3 ms"``; None -> ``"-"``."""
     if seconds is None or not math.isfinite(seconds):
         return "-"
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        if seconds >= scale or unit == "us":
-            value = seconds / scale
-            return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
-    raise AssertionError("unreachable")
+    unit, scale = next(
+        (u, c) for u, c in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)) if seconds >= c or u == "us"
+    )
+    value = seconds / scale
+    return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
 
 
-def format_ratio(ratio: float) -> str:
-    """``1114.09`` -> ``"1114x"``, ``2.251`` -> ``"2.25x"``."""
+def format_ratio(ratio: float | None) -> str:
+    """``1114.09`` -> ``"1114x"``, ``2.251`` -> ``"2.25x"``; None -> ``"-"``."""
+    if ratio is None:
+        return "-"
     return f"{ratio:.0f}x" if ratio >= 100 else f"{ratio:.3g}x"
 
 
 def format_bytes(size: int | None) -> str:
-    """``8392856`` -> ``"8.0 MiB"``; None (backend does not report) -> ``"n/a"``."""
+    """``8392856`` -> ``"8.0 MiB"``; None (not reported) -> ``"n/a"``."""
     if size is None:
         return "n/a"
     value = float(size)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
 
 
-def _fmt_err(value: float | None) -> str:
-    """A relative error in scientific notation, ``"-"`` if absent."""
-    return "-" if value is None else f"{value:.1e}"
+def format_flops(value: float) -> str:
+    """``2.5e9`` -> ``"2.5 G"``."""
+    exp = max(0, min(4, math.floor(math.log10(max(value, 1.0)) / 3)))
+    return f"{value / 1000**exp:.3g} {' kMGT'[exp]}".rstrip()
 
 
-def _median(record: dict[str, Any], program: str) -> float | None:
-    """A program's median time, None if it did not run."""
-    stats = record["programs"].get(program)
-    return None if stats is None else stats["median_s"]
+def _cell(rec: dict[str, Any], name: str) -> str:
+    prog = rec["programs"].get(name)
+    if prog is None:
+        return "-"
+    return format_seconds(prog.get("median_s")) if prog.get("valid", True) else "invalid"
 
 
-def _temp(record: dict[str, Any], program: str) -> str:
-    """A program's compiled temporary memory, formatted."""
-    stats = record["programs"].get(program)
-    return "-" if stats is None else format_bytes(stats["temp_bytes"])
+def _notes(rec: dict[str, Any]) -> list[str]:
+    out = [f"{name}: {p['note']}" for name, p in rec["programs"].items() if p.get("note")]
+    return out + rec["notes"] + rec["failures"]
 
 
-def table(
-    records: Sequence[dict[str, Any]], kind: str
-) -> tuple[list[str], list[list[str]], list[str]]:
-    """Headers, rows and footnotes of one section.
+def _with_note(row: list[str], rec: dict[str, Any], notes: list[str]) -> list[str]:
+    """``row`` plus a pointer to the record's note, which joins ``notes``."""
+    text = _notes(rec)
+    if not text:
+        return [*row, ""]
+    notes.append(f"[{len(notes) + 1}] {rec['label']}: " + "; ".join(text))
+    return [*row, f"[{len(notes)}]"]
 
-    Args:
-      records: the section's records.
-      kind: ``"peer"``, ``"core"`` or ``"hvp"``.
 
-    Returns:
-      ``(headers, rows, notes)``; a row's last cell points to its notes.
-    """
-    _, a, b = SECTIONS[kind]
-    ratio_name = f"{b}/{a}" if kind == "peer" else f"{a}/{b}"
-    headers = ["case", "shape", "dtype", "mode", a, b, ratio_name]
-    if kind != "peer":
-        headers.append("target")
-    headers += [
-        f"mem {a}",
-        f"mem {b}",
-        "err A-B",
-        "err A-f64",
-        "err B-f64",
-        "status",
-        "reps",
-        "note",
-    ]
-    rows: list[list[str]] = []
-    notes: list[str] = []
+def _ratio(rec: dict[str, Any], key: str) -> float | None:
+    return (rec["ratios"].get(key) or {}).get("median")
+
+
+def peer_table(records: Sequence[dict[str, Any]], notes: list[str]) -> tuple[list, list]:
+    """Headers and rows of jaxtrace against the peers."""
+    headers = ["function", "case", "shape", "dtype", "mode", "method", *SHORT.values()]
+    headers += ["card/auto", "best/auto", "best", "mem auto", "mem card", "err", "status", "reps"]
+    headers.append("note")
+    rows = []
     for rec in records:
-        ratio = rec["ratio"]
-        row = [
-            rec["family"],
-            "x".join(str(d) for d in rec["shape"]),
-            rec["dtype"],
-            rec["mode"],
-            format_seconds(_median(rec, a)),
-            format_seconds(_median(rec, b)),
-            "-" if ratio is None else format_ratio(ratio["median"]),
+        progs = rec["programs"]
+        errs = [
+            p["check"]["max_error"] for n, p in progs.items() if n not in PEERS and p.get("check")
         ]
-        if kind != "peer":
-            target = rec.get("target") or {}
-            met = target.get("met")
-            row.append(f"<={target.get('max')} " + {True: "met", False: "MISSED", None: "-"}[met])
-        check = rec.get("check") or {}
+        best = rec["ratios"].get("best_peer") or {}
+        row = [rec["function"], rec["family"], "x".join(map(str, rec["shape"])), rec["dtype"]]
+        row += [rec["mode"], str(rec["method"]), *(_cell(rec, n) for n in SHORT)]
         row += [
-            _temp(rec, a),
-            _temp(rec, b),
-            _fmt_err(check.get("max_error") if check.get("reference") == b else None),
-            _fmt_err((rec["reference_errors"].get(a) or {}).get("max_error")),
-            _fmt_err((rec["reference_errors"].get(b) or {}).get("max_error")),
+            format_ratio(_ratio(rec, "peer_card")),
+            format_ratio(best.get("median")),
+            SHORT.get(best.get("peer", ""), "-"),
+            format_bytes((progs.get("jaxtrace") or {}).get("temp_bytes")),
+            format_bytes((progs.get("peer_card") or {}).get("temp_bytes")),
+            f"{max(errs):.1e}" if errs else "-",
             rec["status"],
             str(rec["repeats"]),
         ]
-        reasons = [
-            text
-            for text in (rec.get("skip_reason"), rec.get("error"), check.get("message"))
-            if text
+        rows.append(_with_note(row, rec, notes))
+    return headers, rows
+
+
+def other_table(records: Sequence[dict[str, Any]], notes: list[str]) -> tuple[list, list]:
+    """Headers and rows of the core and HVP comparisons (programs A and B)."""
+    headers = ["comparison", "A", "B", "time A", "time B", "A/B", "target", "mem A", "mem B"]
+    headers += ["status", "reps", "note"]
+    rows = []
+    for rec in records:
+        (a, pa), (b, pb) = list(rec["programs"].items())[:2]
+        key = rec["kind"]
+        limit = targets.CORE_MAX if key == "core" else targets.HVP_MAX
+        row = [rec["label"], a, b, _cell(rec, a), _cell(rec, b), format_ratio(_ratio(rec, key))]
+        row += [
+            f"<= {limit:g}",
+            format_bytes(pa.get("temp_bytes")),
+            format_bytes(pb.get("temp_bytes")),
         ]
-        if reasons:
-            notes.append(f"[{len(notes) + 1}] {rec['label']}: " + "; ".join(reasons))
-            row.append(f"[{len(notes)}]")
-        else:
-            row.append("")
-        rows.append(row)
-    return headers, rows, notes
+        rows.append(_with_note([*row, rec["status"], str(rec["repeats"])], rec, notes))
+    return headers, rows
 
 
-def render_text(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """An aligned plain-text table."""
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
-    rule = "  ".join("-" * w for w in widths)
-    body = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join([line, rule, *body])
+def flops_table(rows_in: Sequence[dict[str, Any]]) -> tuple[list, list]:
+    """Headers and rows of the flop model (see :mod:`benchmarks.flops`)."""
+    names = ["jaxtrace_expm", "jaxtrace_eigh", "peer_card", "peer_gram", "peer_eigvalsh"]
+    headers = ["shape", "dtype", "k", "q", "card s", *(SHORT[n] for n in names)]
+    headers += ["card/expm", "card/eigh", "per squaring"]
+    rows = []
+    for f in rows_in:
+        fl = f["flops"]
+        row = ["x".join(map(str, f["shape"])), f["dtype"], str(f["k"]), str(f["q"])]
+        row += [str(f["card_squarings"]), *(format_flops(fl[n]) for n in names)]
+        row += [format_ratio(fl["peer_card"] / fl["jaxtrace_expm"])]
+        row += [format_ratio(fl["peer_card"] / fl["jaxtrace_eigh"])]
+        rows.append([*row, format_flops(f["expm_per_squaring"])])
+    return headers, rows
 
 
-def render_markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub-flavoured Markdown table."""
-    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(out)
-
-
-def legend(kind: str) -> str:
-    """What the columns of a section mean."""
-    _, a, b = SECTIONS[kind]
-    return (
-        f"A = {a}, B = {b}. {RATIO_NOTES[kind]} err A-B: relative error of A against B; "
-        "err A-f64, B-f64: against an independent float64 reference (NumPy SVD; for the "
-        "HVP, central differences of its gradient). mem: compiled temporary memory."
+def render(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured Markdown table, its columns aligned for the terminal too."""
+    rows = [[c.replace("|", "\\|") for c in r] for r in [headers, *rows]]
+    widths = [max(len(c) for c in col) for col in zip(*rows, strict=True)]
+    lines = [rows[0], ["-" * w for w in widths], *rows[1:]]
+    return "\n".join(
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in lines
     )
 
 
-def _by_kind(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """The records grouped by section, in section order."""
-    return {kind: [r for r in results["records"] if r["kind"] == kind] for kind in SECTIONS}
+def _sections(results: dict[str, Any]) -> list[tuple[str, tuple[list, list] | list[str], str]]:
+    """(title, table or lines, legend) of every non-empty section, tables sharing one note list."""
+    notes: list[str] = []
+    records = results["records"]
+    peer = [r for r in records if r["kind"] == "peer"]
+    other = [r for r in records if r["kind"] != "peer"]
+    out: list[tuple[str, Any, str]] = []
+    if peer:
+        out.append(("jaxtrace against the peers", peer_table(peer, notes), LEGEND))
+    if other:
+        legend = (
+            "core: the eigh method against its core (Gram, eigh, V diag(2e^mu) V^T, x @ W); "
+            "hvp: jax.jvp(jax.grad(f)) against jax.value_and_grad(f), per method."
+        )
+        out.append(
+            ("Core and Hessian-vector products (float32)", other_table(other, notes), legend)
+        )
+    if notes:
+        out.append(("Notes", notes, ""))
+    out.append(("Targets", targets.lines(results["targets"]), ""))
+    if results.get("flops"):
+        legend = (
+            "Flops of one value-and-gradient call (whole batch) in the model of "
+            "benchmarks/flops.py: q: squarings of the expm method on this input; card s: the "
+            "card's peer's (16 under vmap); per squaring: flops each further squaring of the "
+            "expm method adds. Estimates, not measurements."
+        )
+        out.append(("Flop model (value and gradient)", flops_table(results["flops"]), legend))
+    return out
 
 
-def _environment_line(env: dict[str, Any]) -> str:
-    """Device and versions in one line."""
-    return (
-        f"{env['device_kind']} ({env['platform']}), JAX {env['jax_version']}, "
-        f"jaxlib {env['jaxlib_version']}, Python {env['python_version']}, "
-        f"{env['cpu_count']} CPUs"
-    )
-
-
-def load_warning(results: dict[str, Any]) -> str | None:
-    """A warning when other processes held the CPUs as the run started.
-
-    On CPU, LAPACK (eigh, LU) runs in its own thread pool whose workers spin
-    while waiting; on an oversubscribed host its calls slow down erratically,
-    by up to two orders of magnitude, which no number of repeats averages out.
-    The load at the start (1-minute average above half the CPU count) is the
-    signal: the load at the end includes this run's own threads.
-    """
-    env = results["environment"]
-    cpus = env.get("cpu_count") or 0
-    load = env.get("load_average")
-    if env.get("platform") != "cpu" or not cpus or not load or load[0] <= cpus / 2:
-        return None
-    advice = "Re-run on an idle host"
-    if not (env.get("env") or {}).get("OPENBLAS_NUM_THREADS"):
-        advice += ", or with OPENBLAS_NUM_THREADS=1 (recorded under environment.env)"
-    return (
-        f"WARNING: busy host (1-min load {load[0]:.1f} on {cpus} CPUs at the start): CPU "
-        f"timings, LAPACK-based ones (eigh) most of all, are unreliable. {advice}."
-    )
-
-
-def terminal(results: dict[str, Any]) -> str:
-    """The tables of every non-empty section, with their footnotes, as plain text."""
-    env = results["environment"]
-    parts = [
-        f"Device: {_environment_line(env)}; load average {env.get('load_average')} at start, "
-        f"{results.get('load_average_at_end')} at end"
-    ]
-    warning = load_warning(results)
-    if warning:
-        parts.append(warning)
-    for kind, records in _by_kind(results).items():
-        if not records:
-            continue
-        headers, rows, notes = table(records, kind)
-        parts += ["", f"== {SECTIONS[kind][0]} ==", render_text(headers, rows), legend(kind)]
-        parts += notes
-    return "\n".join(parts)
-
-
-def markdown(results: dict[str, Any], plot_name: str | None) -> str:
-    """The Markdown report: environment, settings, the sections and the plot."""
-    env = results["environment"]
-    settings = results["settings"]
+def _header(results: dict[str, Any]) -> list[str]:
+    env, s = results["environment"], results["settings"]
     lines = [
-        "# jaxtrace benchmarks",
-        "",
-        f"- Date: {results['created']}",
-        f"- Device: {_environment_line(env)}",
-        f"- Command: `{env['command']}`",
-        f"- Host load average (1, 5, 15 min): {env.get('load_average')} at start, "
-        f"{results.get('load_average_at_end')} at end; thread settings: "
-        + (", ".join(f"{k}={v}" for k, v in env.get("env", {}).items() if v) or "none"),
-        *([f"- **{load_warning(results)}**"] if load_warning(results) else []),
-        f"- Sweep: {results['sweep']}; repeats requested: {settings['repeats']} "
-        f"(interleaved A, B, A, B; fewer, never below 3, where a case exceeds its "
-        f"{settings['case_budget_s']:g} s budget); warm-up calls: {settings['warmup']}",
-        f"- Peer: `jnp.trace(jax.scipy.linalg.expm(x @ x.T))`, matmul precision "
-        f"`{settings['peer_precision']}`; skipped where one call is estimated above "
-        f"{settings['peer_limit_s']:g} s or n > {settings['peer_max_n']}",
-        f"- Inputs: N(0, 1) * 0.5 / sqrt(max(n, m)), seed {settings['seed']}; "
-        f"tolerances {settings['rtol']}",
-        "- Times are medians; memory is compiled temporary memory "
-        "(`memory_analysis().temp_size_in_bytes`, n/a where the backend does not report "
-        "it); errors are relative (value: max over the batch; arrays: Frobenius norm).",
+        f"Device: {env['device_kind']} ({env['platform']}), JAX {env['jax_version']}, jaxlib "
+        f"{env['jaxlib_version']}, Python {env['python_version']}, {env['cpu_count']} CPUs",
+        f"Command: `{env['command']}`; sweep: {results['sweep']}",
+        f"Load average (1, 5, 15 min): {env['load_average']} at start, "
+        f"{results.get('load_average_at_end')} at end",
+        f"Timing: up to {s['repeats']} interleaved rounds per case, no new one after "
+        f"{s['budget']:g} s once 3 are done; a program slower than {s['peer_limit']:g} s per "
+        f"call is timed by its checking call alone; peers' matmul precision: {s['peer_precision']}",
+        f"Inputs: N(0, 1) * 0.5 / sqrt(max(n, m)), seed {s['seed']}; tolerances {s['rtol']}",
     ]
-    for kind, records in _by_kind(results).items():
-        if not records:
-            continue
-        headers, rows, notes = table(records, kind)
-        lines += ["", f"## {SECTIONS[kind][0]}", "", render_markdown(headers, rows), ""]
-        lines.append(legend(kind))
-        if notes:
-            lines += ["", *[f"- {n}" for n in notes]]
+    warning = load_warning(env)
+    return lines + ([warning] if warning else [])
+
+
+def markdown(results: dict[str, Any], plot_name: str | None = None) -> str:
+    """The report, in Markdown that reads as well in a terminal."""
+    lines = ["# jaxtrace benchmarks", "", f"- Date: {results['created']}"]
+    lines += [f"- {line}" for line in _header(results)]
+    for title, body, legend in _sections(results):
+        text = render(*body) if isinstance(body, tuple) else "\n".join(f"- {b}" for b in body)
+        lines += ["", f"## {title}", "", text, *(["", legend] if legend else [])]
     if plot_name:
-        lines += ["", "## Plot", "", f"![time against problem size]({plot_name})"]
-    failures = results["failures"]
-    lines += ["", "## Failures", ""]
-    lines += [f"- {f}" for f in failures] if failures else ["None: every check passed."]
-    return "\n".join(lines) + "\n"
+        lines += ["", "## Plot", "", f"![time per case]({plot_name})"]
+    failures = [f"- {f}" for f in results["failures"]] or ["None: every check passed."]
+    return "\n".join([*lines, "", "## Failures", "", *failures]) + "\n"
 
 
 def _json_safe(obj: Any) -> Any:
@@ -280,8 +246,3 @@ def _json_safe(obj: Any) -> Any:
 def write_json(results: dict[str, Any], path: Path) -> None:
     """Writes the results as strict JSON (non-finite numbers as null)."""
     path.write_text(json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n")
-
-
-def write_markdown(results: dict[str, Any], path: Path, plot_name: str | None) -> None:
-    """Writes the Markdown report."""
-    path.write_text(markdown(results, plot_name))

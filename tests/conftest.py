@@ -1,6 +1,36 @@
 import jax
 import pytest
 
+from jaxtrace._src import methods
+
+# Every test that asks for `auto_method` (and every test in a module that uses it
+# through `pytestmark`) runs once per method, with method="auto" resolved to it:
+# the whole suite checks each method, not a sample.
+METHOD_NAMES = tuple(methods.METHODS)
+ACTIVE = [None]  # the method "auto" resolves to in the running test (None: the real rule)
+
+
+def pytest_generate_tests(metafunc):
+    if "auto_method" in metafunc.fixturenames:
+        metafunc.parametrize("auto_method", METHOD_NAMES, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def auto_method(request):
+    """The method that method="auto" resolves to in the tests that use this."""
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _resolve_auto(request, monkeypatch):
+    # Per test, so that tests without `auto_method` see the real rule.
+    name = request.getfixturevalue("auto_method") if "auto_method" in request.fixturenames else None
+    if name != ACTIVE[0]:
+        jax.clear_caches()  # programs traced under another method must not be reused
+        ACTIVE[0] = name
+    if name is not None:
+        monkeypatch.setattr(methods, "auto", lambda **facts: name)
+
 
 @pytest.fixture
 def x64():

@@ -10,6 +10,9 @@ from pathlib import Path
 import jax
 import pytest
 
+# Every test runs once per method (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("auto_method")
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 

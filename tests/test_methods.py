@@ -89,22 +89,26 @@ def test_values_and_gradients_match_mpmath(dtype, method, point, scale):
 
 @functools.cache
 def _second_order_programs(name: str, method: str):
-    """Hessian (forward over reverse), reverse over reverse and mixed d/ds grad_x, jitted."""
+    """Hessian (forward over reverse), reverse over reverse, mixed d/ds grad_x and
+    d^2/ds^2, jitted."""
     fn = FUNCS[name]
     f = lambda x, s: fn(x, scale=s, method=method)  # noqa: E731
     return [
         jax.jit(jax.hessian(f)),
         jax.jit(jax.jacrev(jax.grad(f))),
         jax.jit(jax.jacfwd(jax.grad(f), argnums=1)),
+        jax.jit(jax.hessian(f, argnums=1)),
     ]
 
 
 @pytest.mark.parametrize("name", sorted(FUNCS))
 @pytest.mark.parametrize("point", SECOND_ORDER_POINTS)
-def test_expm_second_derivatives_match_eigh(x64, name, point):
-    """Forward-over-reverse, reverse-over-reverse and mixed, at repeated eigenvalues too."""
+@pytest.mark.parametrize("scale", [0.8, 0.0])
+def test_expm_second_derivatives_match_eigh(x64, name, point, scale):
+    """Forward-over-reverse, reverse-over-reverse and mixed, at repeated eigenvalues too,
+    and at s = 0, where the expm method's value bounds are attained."""
     x = jnp.asarray(POINTS[point], jnp.float64)
-    s = jnp.asarray(0.8, jnp.float64)
+    s = jnp.asarray(scale, jnp.float64)
     want = [p(x, s) for p in _second_order_programs(name, "eigh")]
     got = [p(x, s) for p in _second_order_programs(name, "expm")]
     for g, w in zip(got, want, strict=True):

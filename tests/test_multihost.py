@@ -31,7 +31,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+# The two processes run once, on one xdist worker.
+pytestmark = pytest.mark.xdist_group("test_multihost")
+
+
+# Session scope: xdist may run other modules between this group's tests.
+@pytest.fixture(scope="session")
 def reports() -> list[dict]:
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
     root = str(Path(__file__).resolve().parents[1])

@@ -17,6 +17,9 @@ import pytest
 from jaxtrace import log_trace_expm_gram, trace_expm_gram
 from tests.reference import mp_trace_expm_gram, sample
 
+# Every test runs once per method (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("auto_method")
+
 FUNCS = {"trace": trace_expm_gram, "log": log_trace_expm_gram}
 SCALES = [-1e2, -1e4, -1e6, -1e8, -1e12, -1e20]
 

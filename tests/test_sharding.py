@@ -54,7 +54,12 @@ EXTRAS_KEYS |= {"vmap_scales_rows": _SCALES_KEYS, "vmap_scales_cols": _SCALES_KE
 EXTRAS_KEYS["vmap_expm_explicit"] = {"value_err", "grad_err", "grad_spec"}
 
 
-@pytest.fixture(scope="module")
+# The subprocess (about a minute) runs once, on one xdist worker.
+pytestmark = pytest.mark.xdist_group("test_sharding")
+
+
+# Session scope: xdist may run other modules between this group's tests.
+@pytest.fixture(scope="session")
 def report() -> dict:
     env = dict(os.environ)
     env["XLA_FLAGS"] = (

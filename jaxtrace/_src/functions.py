@@ -12,11 +12,20 @@ from jaxtrace._src.scalars import LOG_TRACE, TRACE, ScalarFunction
 from jaxtrace._src.validation import gram_side, prepare_method, prepare_scale, prepare_x
 
 
+def _batch(x: jax.Array) -> int:
+    """The number of matrices; symbolic batch dimensions count as large."""
+    n = 1
+    for d in x.shape[:-2]:
+        n *= d if isinstance(d, int) else 1 << 30
+    return n
+
+
 def _run(fn: ScalarFunction, name: str, x: Any, scale: Any, method: str) -> jax.Array:
     x, out_dtype = prepare_x(name, x)
-    gram_side(name, x)
+    wide = gram_side(name, x)
     s = prepare_scale(name, scale, x.dtype)
-    chosen = choose(prepare_method(name, method))
+    k = x.shape[-2] if wide else x.shape[-1]
+    chosen = choose(prepare_method(name, method), k=k, batch=_batch(x), dtype=x.dtype)
     return evaluate(x, s, fn, chosen).astype(out_dtype)
 
 

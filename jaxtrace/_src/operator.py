@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from jaxtrace._src import layouts
 from jaxtrace._src.methods import Method
-from jaxtrace._src.scalars import LogTrace, ScalarFunction
+from jaxtrace._src.scalars import LogTrace, ScalarFunction, value_at
 
 
 def zero_eigenvalue_count(x: jax.Array):
@@ -30,19 +30,21 @@ def _value_and_grads(x: jax.Array, s: jax.Array, fn: ScalarFunction, method: Met
     """(value, d value / d x, d value / d s): phi(ell) and phi'(ell) times the grads of ell."""
     wide = layouts.is_wide(x)
     count = zero_eigenvalue_count(x)
-    top, total, weights, moment = method.weights(layouts.gram(x, wide), s)
+    g = layouts.gram(x, wide)
+    top, total, weights, moment = method.weights(g, s)
     lt = LogTrace(top, total)
     factor = fn.weight(lt, count)
     # 2s goes into the k x k weights: the n x m gradient is one product, no extra pass.
     grad_x = layouts.weight(x, (2 * s * factor)[..., None, None] * weights, wide)
-    return fn.value(lt, count), grad_x, factor * moment
+    return value_at(fn, lt, count, g.shape[-1], s), grad_x, factor * moment
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _op(x: jax.Array, s: jax.Array, fn: ScalarFunction, method: Method) -> jax.Array:
     # Undifferentiated calls need ell only: no product of the gradient.
-    top, total = method.log_trace(layouts.gram(x, layouts.is_wide(x)), s)
-    return fn.value(LogTrace(top, total), zero_eigenvalue_count(x))
+    g = layouts.gram(x, layouts.is_wide(x))
+    top, total = method.log_trace(g, s)
+    return value_at(fn, LogTrace(top, total), zero_eigenvalue_count(x), g.shape[-1], s)
 
 
 def _op_fwd(x: jax.Array, s: jax.Array, fn: ScalarFunction, method: Method):

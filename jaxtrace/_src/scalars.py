@@ -19,11 +19,14 @@ module alone.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from jaxtrace._src.numerics import below, repaired
 
 
 def exp(a: jax.Array) -> jax.Array:
@@ -63,6 +66,23 @@ class ScalarFunction(NamedTuple):
     name: str
     value: Callable[[LogTrace, object], jax.Array]
     weight: Callable[[LogTrace, object], jax.Array]
+    # phi(log n), with n = k + p: the exact value at s = 0 and, phi being
+    # increasing, an upper bound for every s < 0.
+    at_zero: Callable[[int], float]
+
+
+def value_at(fn: ScalarFunction, lt: LogTrace, count, k: int, s: jax.Array) -> jax.Array:
+    """phi(ell), kept at or below the exact bound phi(log n) for s < 0.
+
+    Rounding alone can put phi a unit above the bound where every eigenvalue of
+    s G is zero to working precision (log 8 rounds up in float32). The bound
+    repairs the value only. A symbolic count (``jax.export``) has no bound to use.
+    """
+    value = fn.value(lt, count)
+    if not isinstance(count, int):
+        return value
+    cap = below(fn.at_zero(k + count), value.dtype)
+    return repaired(value, jnp.where(s < 0, jnp.minimum(value, cap), value))
 
 
 def _count(ell: jax.Array, count) -> jax.Array:
@@ -107,5 +127,5 @@ def _share_jvp(count, primals, tangents):
     return share, share * exp(jnp.log(_count(ell, count)) - value) * d_ell
 
 
-TRACE = ScalarFunction("trace", _trace_value, _trace_weight)
-LOG_TRACE = ScalarFunction("log_trace", _log_value, _log_weight)
+TRACE = ScalarFunction("trace", _trace_value, _trace_weight, float)
+LOG_TRACE = ScalarFunction("log_trace", _log_value, _log_weight, math.log)

@@ -33,6 +33,21 @@ METHODS = {
 }
 
 
-def choose(name: str) -> Method:
-    """The method for ``name``; "auto" is eigh for now (a static choice)."""
-    return METHODS["eigh" if name == "auto" else name]
+def auto(*, platform: str, k: int, batch: int, dtype) -> str:
+    """The method ``method="auto"`` picks, from static facts alone.
+
+    Args:
+        platform: the default backend's platform (``"cpu"``, ``"gpu"``, ``"tpu"``).
+        k: the size of the Gram, ``min(n, m)``.
+        batch: the number of matrices (the product of the batch dimensions).
+        dtype: the compute dtype.
+    """
+    del platform, k, batch, dtype
+    return "eigh"
+
+
+def choose(name: str, *, k: int, batch: int, dtype) -> Method:
+    """The method for ``name``; "auto" is decided by :func:`auto` at trace time."""
+    if name == "auto":
+        name = auto(platform=jax.default_backend(), k=k, batch=batch, dtype=dtype)
+    return METHODS[name]

@@ -8,24 +8,29 @@ peak on every accelerator. The kernel returns
 it is free of overflow; :math:`\partial\ell/\partial s = \langle G, \hat E\rangle`.
 
 Exact bounds of a positive semi-definite :math:`G` are enforced, as the
-eigenvalue clamp of the eigh method does: :math:`\ell \le \log k` for
-:math:`s \le 0` and :math:`\langle G, \hat E\rangle \ge 0`. (The kernel
-itself keeps :math:`\log k + s\operatorname{tr}G/k \le \ell`.)
+eigenvalue clamp of the eigh method does: :math:`\ell \le \log k` (rounded
+down) for :math:`s < 0` and :math:`\langle G, \hat E\rangle \ge 0`. (The
+kernel itself keeps :math:`\log k + s\operatorname{tr}G/k \le \ell`.) They
+repair values only; derivatives are those of the smooth function.
 
 Derivatives: the kernel's squaring loop is a ``while_loop``, which reverse mode
-cannot transpose; the JVP rule runs the kernel's transposable variant instead
-(the same arithmetic, a fixed-length ``scan`` of skipped steps), so that
-second derivatives work in forward and reverse mode alike.
+cannot transpose. Along :math:`dG` the JVP rule runs the kernel's transposable
+variant (the same arithmetic, a fixed-length ``scan`` of skipped steps) in the
+direction :math:`s\,dG`, so that second derivatives work in forward and
+reverse mode alike. Along :math:`ds` the direction :math:`G` commutes with
+:math:`sG`, and the derivatives are closed-form, with no squarings to amplify
+rounding: :math:`d\ell = M\,ds`, :math:`d\hat E = (G - M)\hat E\,ds` and
+:math:`dM = \langle (G - M)^2, \hat E\rangle\,ds \ge 0`, with
+:math:`M = \langle G, \hat E\rangle`.
 """
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
 
 from jaxtrace._src import taylor
+from jaxtrace._src.numerics import PRECISION, log_below, repaired
 
 
 def _pair(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -34,9 +39,9 @@ def _pair(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def _bounded(ell: jax.Array, g: jax.Array, s: jax.Array) -> jax.Array:
-    # For s <= 0 every eigenvalue of s G is <= 0.
-    log_k = jnp.log(jnp.asarray(g.shape[-1], g.dtype))
-    return jnp.where(s <= 0, jnp.minimum(ell, log_k), ell)
+    # For s < 0 every eigenvalue of s G is <= 0, so ell <= log k.
+    log_k = log_below(g.shape[-1], g.dtype)
+    return repaired(ell, jnp.where(s < 0, jnp.minimum(ell, log_k), ell))
 
 
 @jax.custom_batching.custom_vmap
@@ -60,22 +65,39 @@ def log_trace(g: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
     return ell, jnp.ones_like(ell)
 
 
-def _weights(g: jax.Array, s: jax.Array, *, transposable: bool):
-    if transposable:
-        ell, e_hat = taylor.log_trace_and_weights(s * g, transposable=True)
-    else:
-        ell, e_hat = _kernel(s * g)
-    ell = _bounded(ell, g, s)
-    return ell, jnp.ones_like(ell), e_hat, jnp.maximum(_pair(g, e_hat), 0)
-
-
 @jax.custom_jvp
 def weights(g: jax.Array, s: jax.Array):
     """(ell, 1, E_hat, d ell / d s) of the k x k Gram ``g`` (..., k, k) at scale ``s``:
     top = ell and total = 1, so E_hat and d ell / d s need no unnormalising."""
-    return _weights(g, s, transposable=False)
+    ell, e_hat = _kernel(s * g)
+    moment = _pair(g, e_hat)
+    return _bounded(ell, g, s), jnp.ones_like(ell), e_hat, jnp.maximum(moment, 0)
 
 
 @weights.defjvp
 def _weights_jvp(primals, tangents):
-    return jax.jvp(functools.partial(_weights, transposable=True), primals, tangents)
+    g, s = primals
+    dg, ds = tangents
+    # Along dg: the Frechet derivative, as the JVP of the kernel's transposable
+    # variant at A = s G in the direction s dg.
+    (ell, e_hat), (dell, de_hat) = jax.jvp(
+        lambda a: taylor.log_trace_and_weights(a, transposable=True), (s * g,), (s * dg,)
+    )
+    ell = _bounded(ell, g, s)
+    moment = _pair(g, e_hat)
+    moment = repaired(moment, jnp.maximum(moment, 0))
+    # Along ds the direction G commutes with A, so the derivatives are closed-form
+    # (no squarings to amplify rounding): d ell = M, d E_hat = (G - M) E_hat and
+    # d M = <(G - M)^2, E_hat>, a variance, kept >= 0 as the exact value is.
+    z = g - moment[..., None, None] * jnp.eye(g.shape[-1], dtype=g.dtype)
+    ze = jnp.matmul(z, e_hat, precision=PRECISION)
+    variance = _pair(z, ze)
+    variance = repaired(variance, jnp.maximum(variance, 0))
+    ds_ = ds[..., None, None]
+    tangent = (
+        dell + ds * moment,
+        jnp.zeros_like(ell),
+        de_hat + ds_ * 0.5 * (ze + jnp.swapaxes(ze, -1, -2)),
+        _pair(dg, e_hat) + _pair(g, de_hat) + ds * variance,
+    )
+    return (ell, jnp.ones_like(ell), e_hat, moment), tangent
