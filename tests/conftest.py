@@ -1,3 +1,5 @@
+import contextlib
+
 import jax
 import pytest
 
@@ -21,15 +23,26 @@ def auto_method(request):
     return request.param
 
 
-@pytest.fixture(autouse=True)
-def _resolve_auto(request, monkeypatch):
-    # Per test, so that tests without `auto_method` see the real rule.
-    name = request.getfixturevalue("auto_method") if "auto_method" in request.fixturenames else None
+@contextlib.contextmanager
+def resolving_auto(name):
+    """Within the block, method="auto" resolves to ``name`` (None: the real rule)."""
     if name != ACTIVE[0]:
         jax.clear_caches()  # programs traced under another method must not be reused
         ACTIVE[0] = name
-    if name is not None:
-        monkeypatch.setattr(methods, "auto", lambda **facts: name)
+    with pytest.MonkeyPatch.context() as patch:
+        if name is not None:
+            patch.setattr(methods, "auto", lambda **facts: name)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _resolve_auto(request):
+    # Per test, so that tests without `auto_method` see the real rule. A wider
+    # fixture that computes with the library must take `auto_method` and enter
+    # resolving_auto itself: it is set up before this one.
+    name = request.getfixturevalue("auto_method") if "auto_method" in request.fixturenames else None
+    with resolving_auto(name):
+        yield
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ from pathlib import Path
 import jax
 import pytest
 
+from tests import conftest
+
 # Every test runs once per method (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("auto_method")
 
@@ -26,9 +28,10 @@ def _load(name: str):
 
 
 @pytest.fixture(scope="module")
-def spectral_penalty_results():
+def spectral_penalty_results(auto_method):
     module = _load("spectral_penalty")
-    with jax.enable_x64(False):  # the example is written for JAX's default float32
+    # The example is written for JAX's default float32.
+    with conftest.resolving_auto(auto_method), jax.enable_x64(False):
         return module.main(steps=40, verbose=False)
 
 
