@@ -3,6 +3,7 @@
 Not a test module (pytest collects ``test_*.py`` only); the bounds themselves
 are asserted in the test suite. References are independent of jaxtrace: mpmath
 (``tests.reference``) and autodiff through ``jax.scipy.linalg.expm`` (the peer).
+Every figure is given for both methods, side by side.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtrace import log_trace_expm_gram, trace_expm_gram
+from jaxtrace._src import taylor
 from tests.reference import (
     log_peer,
     mp_dscale,
@@ -22,11 +24,13 @@ from tests.reference import (
     with_singular_values,
 )
 
+METHODS = ("eigh", "expm")
+
 
 def first_order() -> None:
     """Value, gradient and d/dscale against mpmath, worst over shapes and scales."""
-    f = lambda x, s: trace_expm_gram(x, scale=s)  # noqa: E731
-    for dt in ("float32", "float64"):
+    for dt, method in [(dt, m) for dt in ("float32", "float64") for m in METHODS]:
+        f = lambda x, s, m=method: trace_expm_gram(x, scale=s, method=m)  # noqa: E731
         worst = dict.fromkeys(("value", "grad_x", "d/dscale"), 0.0)
         with jax.enable_x64(dt == "float64"):
             for shape in [(5, 3), (3, 5), (4, 4), (1, 1)]:
@@ -39,9 +43,8 @@ def first_order() -> None:
                     worst["value"] = max(worst["value"], rel_err(jv, v), rel_err(f(x, s), v))
                     worst["grad_x"] = max(worst["grad_x"], rel_err(jg, g))
                     worst["d/dscale"] = max(worst["d/dscale"], rel_err(jd, mp_dscale(xr, s)))
-        print(
-            f"first order vs mpmath, {dt}: " + ", ".join(f"{k} {e:.1e}" for k, e in worst.items())
-        )
+        figures = ", ".join(f"{k} {e:.1e}" for k, e in worst.items())
+        print(f"first order vs mpmath, {dt}, {method}: {figures}")
 
 
 DEGENERATE = {
@@ -64,17 +67,18 @@ def hessians() -> None:
         with jax.enable_x64(True):
             for name, x in DEGENERATE.items():
                 errs = []
-                for fname, f, ref in pairs:
+                for (fname, f, ref), method in [(p, m) for p in pairs for m in METHODS]:
                     worst = 0.0
                     for s in [1.0, 0.5, -0.7, 0.0]:
                         want = jax.hessian(lambda y, s=s, ref=ref: ref(y, s))(jnp.asarray(x))
                         xs = jnp.asarray(x, dt)
-                        got = jax.jit(jax.hessian(lambda y, s=s, f=f: f(y, scale=s)))(xs)
+                        hess = jax.hessian(lambda y, s=s, f=f, m=method: f(y, scale=s, method=m))
+                        got = jax.jit(hess)(xs)
                         if not bool(jnp.all(jnp.isfinite(got))):
                             worst = float("nan")
                             break
                         worst = max(worst, rel_err(got, want))
-                    errs.append(f"{fname} {worst:.1e}")
+                    errs.append(f"{fname} {method} {worst:.1e}")
                 print(f"hessian vs peer, {dt}, {name}: " + ", ".join(errs))
 
 
@@ -90,17 +94,27 @@ LARGE = [
 
 
 def large_eigenvalues() -> None:
-    """log_trace_expm_gram against mpmath where the plain trace overflows."""
-    f = lambda x, s: log_trace_expm_gram(x, scale=s)  # noqa: E731
-    for dt, shape, lam in LARGE:
+    """log_trace_expm_gram against mpmath where the plain trace overflows.
+
+    The conditioning of ell itself: a relative perturbation u of G moves ell by
+    up to u lambda_max, i.e. ell's relative error is about u (u the unit
+    roundoff). The expm method's q squarings amplify rounding about 2^q-fold,
+    to about u rho(B) / theta: the same order (printed as "u lambda_max / ell").
+    """
+    for (dt, shape, lam), method in [(c, m) for c in LARGE for m in METHODS]:
+        f = lambda x, s, m=method: log_trace_expm_gram(x, scale=s, method=m)  # noqa: E731
         with jax.enable_x64(dt == "float64"):
             x = jnp.asarray(with_singular_values(*shape, np.sqrt(lam)), dt)
             xr = np.asarray(x, np.float64)
             v, g = mp_trace_expm_gram(xr, 1.0, log=True)
             jv, (jg, jd) = jax.value_and_grad(f, argnums=(0, 1))(x, jnp.asarray(1.0, dt))
-            plain = trace_expm_gram(x)
+            plain = trace_expm_gram(x, method=method)
+            gram = xr.T @ xr if shape[0] >= shape[1] else xr @ xr.T
+            q = int(taylor._squarings(jnp.asarray(gram, dt)))
+            u = float(jnp.finfo(dt).eps) / 2
             print(
-                f"log vs mpmath, {dt}, lambda_max {max(lam):g}: value {rel_err(jv, v):.1e}, "
+                f"log vs mpmath, {dt}, {method}, lambda_max {max(lam):g} (q = {q}, "
+                f"u lambda_max / ell = {u * max(lam) / abs(v):.1e}): value {rel_err(jv, v):.1e}, "
                 f"grad_x {rel_err(jg, g):.1e}, "
                 f"d/dscale {rel_err(jd, mp_dscale(xr, 1.0, log=True)):.1e}; "
                 f"finite: {bool(jnp.isfinite(jv) & jnp.all(jnp.isfinite(jg)))}; "

@@ -1,4 +1,7 @@
 import contextlib
+import os
+import shutil
+import tempfile
 
 import jax
 import pytest
@@ -10,6 +13,29 @@ from jaxtrace._src import methods
 # the whole suite checks each method, not a sample.
 METHOD_NAMES = tuple(methods.METHODS)
 ACTIVE = [None]  # the method "auto" resolves to in the running test (None: the real rule)
+
+
+# One compilation cache per test session, shared by the xdist workers: tests
+# compile many identical programs (the same function, shape and dtype through
+# different closures). Created by the controlling process before the workers
+# start, and removed at its end; a fresh run starts cold.
+_CACHE_ENV = "JAXTRACE_TEST_COMPILATION_CACHE"
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput") and _CACHE_ENV not in os.environ:
+        os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="jaxtrace-jit-cache-")
+        config._jaxtrace_cache = os.environ[_CACHE_ENV]
+    jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    cache = getattr(config, "_jaxtrace_cache", None)
+    if cache is not None:
+        shutil.rmtree(cache, ignore_errors=True)
+        os.environ.pop(_CACHE_ENV, None)
 
 
 def pytest_generate_tests(metafunc):

@@ -95,6 +95,9 @@ def run_case(name, axis_type, shape, spec) -> dict:
 
 def main() -> None:
     process_id, port = int(sys.argv[1]), int(sys.argv[2])
+    from sharding_check import resolve_auto
+
+    method = resolve_auto(sys.argv[3:])
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=f"localhost:{port}",
@@ -104,6 +107,7 @@ def main() -> None:
     cases = [run_case(*case) for case in CASES]
     report = {
         "process_id": jax.process_index(),
+        "method": method,
         "process_count": jax.process_count(),
         "devices": jax.device_count(),
         "local_devices": jax.local_device_count(),

@@ -7,7 +7,8 @@ pytest's ``--doctest-modules`` does) changes no setting.
 
 For every case (a layout of ``x`` on a mesh with explicit or auto axes) it
 compiles, under ``jax.jit``, the value and ``jax.value_and_grad`` with respect
-to ``x`` and ``scale``, compares them with the unsharded computation, records
+to ``x`` and ``scale``, compares them with a float64 NumPy reference (the
+unsharded math, computed without jaxtrace or another compile), records
 the shardings of the results and lists the collectives of the compiled HLO
 (kind, shapes, elements), so that the test can assert on all of them.
 """
@@ -99,6 +100,31 @@ def _programs(fn_name: str):
 PROGRAMS = {name: _programs(name) for name in FUNCTIONS}
 
 
+def reference(x: np.ndarray, s: float, fn_name: str):
+    """(value, loss, d loss/d x, d loss/d s) in float64 from NumPy's eigh, not jaxtrace.
+
+    ``loss`` is the sum of the values over the batch, as in ``PROGRAMS``.
+    """
+    x = np.asarray(x, np.float64)
+    n, m = x.shape[-2:]
+    xt = np.swapaxes(x, -1, -2)
+    wide = n < m
+    mu, v = np.linalg.eigh(x @ xt if wide else xt @ x)
+    mu = np.maximum(mu, 0)  # the Gram is positive semi-definite
+    z, count = s * mu, max(n - m, 0)
+    if fn_name == "trace":
+        value = np.exp(z).sum(-1) + count
+        w = np.exp(z)
+    else:
+        top = np.maximum(z.max(-1), 0) if count else z.max(-1)
+        total = np.exp(z - top[..., None]).sum(-1) + count * np.exp(-top)
+        value = top + np.log(total)
+        w = np.exp(z - value[..., None])  # softmax weights
+    weights = (v * w[..., None, :]) @ np.swapaxes(v, -1, -2)
+    grad_x = 2 * s * (weights @ x if wide else x @ weights)
+    return value, value.sum(), grad_x, float(np.sum(mu * w))
+
+
 def make_mesh(shape: tuple, names: tuple, axis_type):
     return jax.make_mesh(shape, names, axis_types=(axis_type,) * len(names))
 
@@ -128,10 +154,7 @@ def run_case(case: dict, axis_type, fn_name: str, dtype) -> dict:
     x = jax.device_put(x_host, NamedSharding(mesh, spec))
     s = jnp.asarray(SCALE, dtype)
     value_fn, vg_fn = PROGRAMS[fn_name]
-
-    # Reference: the same functions on one device, unsharded.
-    ref_value = value_fn(jnp.asarray(x_host), s)
-    (ref_loss, (ref_gx, ref_gs)) = vg_fn(jnp.asarray(x_host), s)
+    ref_value, ref_loss, ref_gx, ref_gs = reference(x_host, SCALE, fn_name)
 
     explicit = axis_type == AxisType.Explicit
     # Explicit axes are used as JAX recommends, under `jax.set_mesh` (one case
@@ -516,8 +539,22 @@ def _k_sharded_extras() -> dict:
     return out
 
 
+def resolve_auto(argv: list[str]) -> str:
+    """``--method NAME`` makes method="auto" resolve to NAME (the tests run each method)."""
+    from jaxtrace._src import methods
+
+    if "--method" in argv:
+        name = argv[argv.index("--method") + 1]
+        if name not in methods.METHODS:
+            raise SystemExit(f"--method: expected one of {sorted(methods.METHODS)}, got {name!r}")
+        methods.auto = lambda **facts: name
+        return name
+    return "auto"
+
+
 def main() -> None:
     jax.config.update("jax_enable_x64", True)  # for the float64 runs; float32 stays float32
+    method = resolve_auto(sys.argv[1:])
     start = time.perf_counter()
     results = []
     runs = [
@@ -543,6 +580,7 @@ def main() -> None:
             )
     report = {
         "devices": jax.device_count(),
+        "method": method,
         "jax": jax.__version__,
         "tolerance": TOL,
         "cases": results,

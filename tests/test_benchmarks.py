@@ -32,11 +32,8 @@ JAXTRACE = ("jaxtrace", "jaxtrace_eigh", "jaxtrace_expm")
 SHAPES = ([2, 4, 3],)
 
 
-# The CLI runs once, on one xdist worker (session scope: other modules may run in between).
-pytestmark = pytest.mark.xdist_group("test_benchmarks")
-
-
-@pytest.fixture(scope="session")
+# The CLI runs once: `--dist loadfile` keeps this module on one xdist worker.
+@pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
     out = tmp_path_factory.mktemp("bench")
     # One batched shape, one function, both modes: the CLI's every path in ~15 s (compiling
@@ -53,7 +50,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedP
     return proc, out
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def results(run: tuple[subprocess.CompletedProcess, Path]) -> dict[str, Any]:
     proc, out = run
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -13,6 +13,9 @@ import pytest
 from jaxtrace import log_trace_expm_gram, trace_expm_gram
 from tests.reference import assert_close, expm_condition, grad_scale, sample
 
+# Every test runs once per method (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("auto_method")
+
 FUNCS = [trace_expm_gram, log_trace_expm_gram]
 FUNC_IDS = [f.__name__ for f in FUNCS]
 

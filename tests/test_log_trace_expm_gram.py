@@ -37,6 +37,9 @@ from tests.reference import (
     with_singular_values,
 )
 
+# Every test runs once per method (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("auto_method")
+
 EPS = {np.dtype(np.float32): float(np.finfo(np.float32).eps), np.dtype(np.float64): 2.0**-52}
 
 # --------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 from jax import export
 
 from jaxtrace import log_trace_expm_gram, trace_expm_gram
+from jaxtrace._src import methods
 from tests.reference import (
     assert_close,
     grad_scale,
@@ -163,6 +164,22 @@ def test_auto_is_one_of_the_methods(x32):
     auto = jax.value_and_grad(lambda x: trace_expm_gram(x, method="auto"))(x)
     chosen = [jax.value_and_grad(lambda x, m=m: trace_expm_gram(x, method=m))(x) for m in METHODS]
     assert any(all(np.array_equal(a, b) for a, b in zip(auto, c, strict=True)) for c in chosen)
+
+
+@pytest.mark.parametrize(
+    ("platform", "k", "batch", "dtype", "want"),
+    [
+        ("cpu", 64, 1, np.float32, "expm"),
+        ("cpu", 2048, 1, np.float32, "expm"),
+        ("cpu", 1023, 1, np.float64, "expm"),
+        ("cpu", 1024, 1, np.float64, "eigh"),
+        ("cpu", 1024, 8, np.float64, "expm"),
+        ("gpu", 4096, 1, np.float64, "expm"),
+        ("tpu", 4096, 1, np.float32, "expm"),
+    ],
+)
+def test_auto_rule(platform, k, batch, dtype, want):
+    assert methods.auto(platform=platform, k=k, batch=batch, dtype=dtype) == want
 
 
 @pytest.mark.parametrize("method", ["", "EIGH", "pade", None, 3])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import multihost_check
+from tests import conftest, multihost_check
 
 SCRIPT = Path(__file__).with_name("multihost_check.py")
 N_PROCESSES = 2
@@ -32,19 +32,16 @@ def _free_port() -> int:
 
 
 # The two processes run once, on one xdist worker.
-pytestmark = pytest.mark.xdist_group("test_multihost")
-
-
-# Session scope: xdist may run other modules between this group's tests.
-@pytest.fixture(scope="session")
-def reports() -> list[dict]:
+# Per method, run once: `--dist loadfile` keeps this module on one xdist worker.
+@pytest.fixture(scope="module", params=conftest.METHOD_NAMES)
+def reports(request) -> list[dict]:
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     port = str(_free_port())
     procs = [
         subprocess.Popen(
-            [sys.executable, str(SCRIPT), str(i), port],
+            [sys.executable, str(SCRIPT), str(i), port, "--method", request.param],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -61,6 +58,7 @@ def reports() -> list[dict]:
     finally:
         for proc in procs:
             proc.kill()
+    assert all(out["method"] == request.param for out in outputs)
     return outputs
 
 

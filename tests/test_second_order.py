@@ -44,6 +44,9 @@ from tests.reference import (
     with_singular_values,
 )
 
+# Every test runs once per method (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("auto_method")
+
 # --------------------------------------------------------------------------
 # Tolerances.
 F64, F32 = np.dtype(np.float64), np.dtype(np.float32)

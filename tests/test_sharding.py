@@ -4,7 +4,7 @@ The device count is fixed when JAX starts, so the checks run in a subprocess
 (``tests/sharding_check.py``) with ``--xla_force_host_platform_device_count=8``;
 this process keeps its single device. The subprocess prints a JSON report per
 case (a layout of ``x`` on an explicit- or auto-axis mesh) with errors against
-the unsharded computation, result shardings and the collectives of the compiled
+the unsharded math (a float64 NumPy reference), result shardings and the collectives of the compiled
 programs; the tests below assert on it.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import sharding_check
+from tests import conftest, sharding_check
 
 SCRIPT = Path(__file__).with_name("sharding_check.py")
 N_DEVICES = 8
@@ -54,13 +54,10 @@ EXTRAS_KEYS |= {"vmap_scales_rows": _SCALES_KEYS, "vmap_scales_cols": _SCALES_KE
 EXTRAS_KEYS["vmap_expm_explicit"] = {"value_err", "grad_err", "grad_spec"}
 
 
-# The subprocess (about a minute) runs once, on one xdist worker.
-pytestmark = pytest.mark.xdist_group("test_sharding")
-
-
-# Session scope: xdist may run other modules between this group's tests.
-@pytest.fixture(scope="session")
-def report() -> dict:
+# One subprocess (about a minute) per method, each run once: pytest's
+# `--dist loadfile` keeps this module on one xdist worker.
+@pytest.fixture(scope="module", params=conftest.METHOD_NAMES)
+def report(request) -> dict:
     env = dict(os.environ)
     env["XLA_FLAGS"] = (
         env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={N_DEVICES}"
@@ -70,7 +67,7 @@ def report() -> dict:
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT)],
+        [sys.executable, str(SCRIPT), "--method", request.param],
         capture_output=True,
         text=True,
         env=env,
@@ -78,7 +75,9 @@ def report() -> dict:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["method"] == request.param
+    return out
 
 
 def _cases(report, **match):
@@ -151,7 +150,7 @@ def test_extras_report_every_entry(report):
         assert set(extras[name]) == keys, name
 
 
-def test_values_and_gradients_match_unsharded(report):
+def test_values_and_gradients_match_the_unsharded_math(report):
     failures = []
     for case in _cases(report):
         tol = report["tolerance"][case["dtype"]]
@@ -318,15 +317,28 @@ def test_other_entry_points(report):
 
 def test_vmap_over_scales_keeps_x_unbatched_on_auto_meshes(report):
     tol = report["tolerance"]["float32"]
+    k, itemsize = 8, 4  # x is 1024 x 8, float32
+    expm = report["method"] == "expm"
     for tag, moves in (("rows", 0), ("cols", 1)):
         entry = report["extras"][f"vmap_scales_{tag}"]
         for count in (4, 64):
             assert entry[f"err_{count}"] <= tol, (tag, count)
             # The Gram and the gradient's product, each taking x as it is: 1024 x 8.
-            assert entry[f"x_operands_{count}"] == ["tensor<1024x8xf32>"] * 2, (tag, count)
-        # Values and scale gradients: no temporary grows with the number of scales.
+            # The expm method's kernel is custom-partitioned too, on one k x k
+            # matrix per scale.
+            kernel = [f"tensor<{count}x{k}x{k}xf32>"] * expm
+            want = sorted(["tensor<1024x8xf32>"] * 2 + kernel)
+            assert sorted(entry[f"x_operands_{count}"]) == want, (tag, count)
         for name in ("value", "grad_scale"):
-            assert entry[f"{name}_temp_bytes_64"] <= entry[f"{name}_temp_bytes_4"], (tag, name)
+            grown = entry[f"{name}_temp_bytes_64"] - entry[f"{name}_temp_bytes_4"]
+            if expm:
+                # exp(s G) per scale: at most the kernel's k x k working set (Y..Y^4,
+                # the polynomial's two parts and T, E_j and its square, E_hat: 10
+                # matrices), under the 16 of a device's shard of x.
+                assert grown / 60 <= 10 * k * k * itemsize, (tag, name, grown)
+            else:
+                # One eigendecomposition of G serves every scale: nothing grows.
+                assert grown <= 0, (tag, name, grown)
         # With gradients in x, whose output holds B arrays of x's size: per extra
         # scale, the product's result before XLA lays it out as the (B, n, m)
         # output (the unsharded program holds the same), and its all-to-all back

@@ -20,6 +20,9 @@ from tests.reference import (
     sample,
 )
 
+# Every test runs once per method (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("auto_method")
+
 # Relative accuracy demanded of every entry, per dtype. The inputs below are
 # well conditioned, so these are a few ulps times the size of s * mu.
 RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}

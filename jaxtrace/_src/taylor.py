@@ -65,6 +65,7 @@ perturbation :math:`u` of :math:`A` moves :math:`\ell` by up to
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -121,6 +122,24 @@ def _trace(x: jax.Array) -> jax.Array:
     return jnp.trace(x, axis1=-2, axis2=-1)
 
 
+def _symmetric(x: jax.Array) -> jax.Array:
+    return 0.5 * (x + jnp.swapaxes(x, -1, -2))
+
+
+@jax.custom_jvp
+def _sq(x: jax.Array) -> jax.Array:
+    """x @ x of a symmetric x (whose tangents are symmetric too)."""
+    return _mm(x, x)
+
+
+@_sq.defjvp
+def _sq_jvp(primals, tangents):
+    # For symmetric x and dx, x dx = (dx x)^T: one product, not two.
+    (x,), (dx,) = primals, tangents
+    p = _mm(dx, x)
+    return _sq(x), p + jnp.swapaxes(p, -1, -2)
+
+
 def _pow2(n: jax.Array, dtype) -> jax.Array:
     """Exactly 2**n (n int32) in ``dtype`` for n in the normal range; 0 below it.
 
@@ -144,7 +163,14 @@ def _log2_frobenius(x: jax.Array) -> jax.Array:
     return jnp.where(mx > 0, jnp.log2(mx) + 0.5 * jnp.log2(ss), -jnp.inf)
 
 
-def _scaled_powers(b: jax.Array) -> tuple[list[jax.Array], jax.Array, jax.Array]:
+class _Powers(NamedTuple):
+    """:math:`Y^j = f_j P_j`, j = 1..4: the matrices and their exact power-of-two factors."""
+
+    p: list  # P_j, (..., k, k)
+    f: list  # f_j = 2^(j (e - q)), (..., 1, 1)
+
+
+def _scaled_powers(b: jax.Array) -> tuple[_Powers, jax.Array, jax.Array]:
     r"""Powers :math:`Y^j = (B/2^q)^j`, :math:`j = 1..4`, the squarings q and :math:`\log_2\eta`.
 
     Only the powers carry tangents: the scale factors are exact powers of two
@@ -159,8 +185,8 @@ def _scaled_powers(b: jax.Array) -> tuple[list[jax.Array], jax.Array, jax.Array]
     # would blow its tangents up by the same factor. (NaN/inf give e = 0.)
     e = jnp.clip(e, 0, -fi.minexp)
     bp = b * _pow2(-e, dtype)[..., None, None]  # entries < 1 (< 4 beyond 2^1022)
-    p2 = _mm(bp, bp)
-    powers = [bp, p2, _mm(p2, bp), _mm(p2, p2)]
+    p2 = _sq(bp)
+    powers = [bp, p2, _mm(p2, bp), _sq(p2)]
     # eta = 2^e ||P_4||_F^(1/4) = ||lambda(B)||_8 >= rho(B): the sharpest of the
     # ||P_j||_F^(1/j) = ||lambda||_2j at hand (p-norms decrease with p).
     log2_eta = e + 0.25 * _log2_frobenius(lax.stop_gradient(powers[-1]))
@@ -172,39 +198,47 @@ def _scaled_powers(b: jax.Array) -> tuple[list[jax.Array], jax.Array, jax.Array]
     # Y^j = 2^(j (e - q)) P_j. As 2^(e-1) <= max|B| <= rho(B) <= eta <= k^(9/8) 2^e and
     # 2^(q-1) < eta/theta <= 2^q (or q = 0, e <= 1): -4.5 log2(k) - 8 < j (e - q) <= 4
     # for every q below the cap.
-    ys = [p * _pow2(j * (e - q), dtype)[..., None, None] for j, p in enumerate(powers, 1)]
-    return ys, q, log2_eta
+    # The factors stay scalars, folded into the polynomial's coefficients: no
+    # scaled copy of a power is ever materialised.
+    factors = [_pow2(j * (e - q), dtype)[..., None, None] for j in range(1, len(powers) + 1)]
+    return _Powers(powers, factors), q, log2_eta
 
 
-def _taylor(ys: list[jax.Array], m: int) -> jax.Array:
-    r""":math:`\sum_{j \le m} Y^j/j!` by Paterson--Stockmeyer, with ``ys`` = [Y, ..., Y^s].
+def _taylor_parts(ys: _Powers, m: int) -> tuple[jax.Array, jax.Array]:
+    r"""``(head, rest)``: :math:`T = \sum_{j \le m} Y^j/j! = head + Y^s\,rest`, ``ys`` = Y..Y^s.
 
-    :math:`T = B_0 + Y^s(B_1 + Y^s(\cdots + Y^s(B_{r-1} + c_m Y^s)))`, with
-    :math:`B_l = \sum_{i<s} c_{ls+i} Y^i`, :math:`s | m`, :math:`r = m/s`:
-    :math:`r - 1` products.
+    Paterson--Stockmeyer: :math:`T = B_0 + Y^s(B_1 + Y^s(\cdots + Y^s(B_{r-1} + c_m Y^s)))`,
+    with :math:`B_l = \sum_{i<s} c_{ls+i} Y^i`, :math:`s | m`, :math:`r = m/s`:
+    :math:`r - 2` products here and the last one, :math:`Y^s\,rest`, left to the caller
+    (``_last``), which needs only its trace where no squaring follows.
     """
-    s = len(ys)
-    assert m % s == 0
-    dtype = ys[0].dtype
-    k = ys[0].shape[-1]
-    eye = jnp.eye(k, dtype=dtype)
+    s = len(ys.p)
+    assert m % s == 0 and m // s >= 2
+    p, f = ys
+    eye = jnp.eye(p[0].shape[-1], dtype=p[0].dtype)
     coef = [1 / math.factorial(j) for j in range(m + 1)]
 
     def block(lo: int) -> jax.Array:
         # Highest degree first: the small terms are summed before the large ones.
-        acc = sum(coef[lo + i] * ys[i - 1] for i in range(s - 1, 0, -1))
+        acc = sum((coef[lo + i] * f[i - 1]) * p[i - 1] for i in range(s - 1, 0, -1))
         return acc + coef[lo] * eye
 
     r = m // s
-    acc = block((r - 1) * s) + coef[m] * ys[-1]
-    for lo in range((r - 2) * s, -1, -s):
-        acc = block(lo) + _mm(ys[-1], acc)
-    return acc
+    rest = block((r - 1) * s) + (coef[m] * f[-1]) * p[-1]
+    for lo in range((r - 2) * s, 0, -s):
+        rest = block(lo) + _last(ys, rest)
+    return block(0), rest
+
+
+def _last(ys: _Powers, x: jax.Array) -> jax.Array:
+    """Y^s x, as f_s (P_s x): the scalar factor applied to the product."""
+    return ys.f[-1] * _mm(ys.p[-1], x)
 
 
 # Squarings a finite input can need: log2(rho(B)/theta) stays below 129 for every
 # finite float32 matrix. Wider float64 spectra (beyond ~7e40) give NaN.
 MAX_SQUARINGS = 136
+_CHUNK = 8  # the transposable loop's steps per chunk (MAX_SQUARINGS // 8 chunks)
 
 
 def _square(t: jax.Array, q: jax.Array, transposable: bool) -> tuple[jax.Array, jax.Array]:
@@ -217,6 +251,8 @@ def _square(t: jax.Array, q: jax.Array, transposable: bool) -> tuple[jax.Array, 
     transpose; ``transposable`` runs ``MAX_SQUARINGS`` steps of a ``scan``
     instead, each a ``cond`` that skips the work once no matrix needs it (under
     ``vmap`` both branches run), for derivatives that reverse mode goes through.
+    Its steps come in chunks of ``_CHUNK``, each chunk one more ``cond``, so that
+    the steps past :math:`\max q` cost one skipped ``cond`` per chunk.
     A static count alone would spend accuracy: the count depends on the data
     and has no useful finite bound.
     """
@@ -225,11 +261,10 @@ def _square(t: jax.Array, q: jax.Array, transposable: bool) -> tuple[jax.Array, 
 
     def step(carry):
         j, e_j, acc, w = carry
-        sq = _mm(e_j, e_j)
         # E_j^2 is symmetric only in exact arithmetic (XLA:CPU's float64 product
         # is not, bitwise); left alone, the antisymmetric part A feeds -A^T A into
         # the symmetric one at every squaring. The average is elementwise.
-        sq = 0.5 * (sq + jnp.swapaxes(sq, -1, -2))
+        sq = _symmetric(_sq(e_j))
         t_j = _trace(sq)
         active = j < q
         e_j = jnp.where(active[..., None, None], sq / t_j[..., None, None], e_j)
@@ -240,11 +275,20 @@ def _square(t: jax.Array, q: jax.Array, transposable: bool) -> tuple[jax.Array, 
     init = (jnp.asarray(0, jnp.int32), t / t0[..., None, None], jnp.log(t0), jnp.asarray(1, dtype))
     if transposable:
 
-        def scan_step(carry, _):
-            needed = jnp.any(carry[0] < q)
-            return lax.cond(needed, step, lambda c: (c[0] + 1, *c[1:3], 0.5 * c[3]), carry), None
+        def skip(c, steps):
+            return c[0] + steps, *c[1:3], c[3] * 0.5**steps
 
-        (_, e_q, acc, _), _ = lax.scan(scan_step, init, None, length=MAX_SQUARINGS)
+        def inner(carry, _):
+            return lax.cond(jnp.any(carry[0] < q), step, lambda c: skip(c, 1), carry), None
+
+        def chunk(carry, _):
+            # A chunk of steps, skipped at the cost of one cond once no matrix needs it.
+            def run(c):
+                return lax.scan(inner, c, None, length=_CHUNK)[0]
+
+            return lax.cond(jnp.any(carry[0] < q), run, lambda c: skip(c, _CHUNK), carry), None
+
+        (_, e_q, acc, _), _ = lax.scan(chunk, init, None, length=MAX_SQUARINGS // _CHUNK)
     else:
         q_max = jnp.max(q, initial=0)  # (an empty batch squares nothing)
         _, e_q, acc, _ = lax.while_loop(lambda c: c[0] < q_max, step, init)
@@ -274,6 +318,36 @@ def _shift(a: jax.Array) -> tuple[jax.Array, jax.Array]:
     # not be rounded correctly, only used consistently in B and in ell.
     c = jnp.sum(jnp.diagonal(a, axis1=-2, axis2=-1) / k, axis=-1)
     return c, a - c[..., None, None] * jnp.eye(k, dtype=a.dtype)
+
+
+def _prepared(a: jax.Array):
+    """(c, Y^1..4, q, log2 eta, out dtype) of ``a``, computed in float32 or float64."""
+    a = _as_float(a)
+    out_dtype = a.dtype
+    if a.dtype not in _DEGREE:  # bfloat16, float16: compute in float32
+        a = a.astype(jnp.float32)
+    c, b = _shift(a)
+    ys, q, log2_eta = _scaled_powers(b)
+    return c, ys, q, log2_eta, out_dtype
+
+
+def _ell(c, ell_b, q, log2_eta, k: int) -> jax.Array:
+    """ell = c + ell_B, with ell_B's exact bounds and NaN beyond MAX_SQUARINGS."""
+    # Exact bounds log k <= ell_B <= log k + lambda_max(B) <= log k + eta (Jensen,
+    # tr B = 0) repair rounding at the ends; applied to the value only, so that
+    # derivatives of every order stay those of the smooth function.
+    log_k = math.log(k)
+    eta = jnp.exp2(jnp.where(jnp.isnan(log2_eta), -jnp.inf, log2_eta))
+    clamped = jnp.clip(lax.stop_gradient(ell_b), log_k, log_k + eta)
+    ell_b = ell_b + lax.stop_gradient(clamped - ell_b)
+    # Beyond MAX_SQUARINGS the polynomial would be evaluated out of its range.
+    return jnp.where(q > MAX_SQUARINGS, jnp.nan, c + ell_b)
+
+
+def _times_pow2(x: jax.Array, q: jax.Array) -> jax.Array:
+    """x 2^q, in two exact factors (2^q alone can exceed the range)."""
+    qh = q // 2
+    return x * _pow2(qh, x.dtype) * _pow2(q - qh, x.dtype)
 
 
 def log_trace_and_weights(
@@ -310,47 +384,47 @@ def log_trace_and_weights(
         >>> round(float(ell), 6), round(float(e_hat[0, 0]), 6)
         (1.098612, 0.333333)
     """
-    a = _as_float(a)
-    out_dtype = a.dtype
-    if a.dtype not in _DEGREE:  # bfloat16, float16: compute in float32
-        a = a.astype(jnp.float32)
-    dtype = a.dtype
-    k = a.shape[-1]
-    c, b = _shift(a)
-    ys, q, log2_eta = _scaled_powers(b)
-    t = _taylor(ys, _DEGREE[dtype])
+    c, ys, q, log2_eta, out_dtype = _prepared(a)
+    head, rest = _taylor_parts(ys, _DEGREE[ys.p[0].dtype])
     # Y^4 (...) is symmetric only in exact arithmetic (the factors commute). Left
     # alone, the asymmetry grows in the squarings (measured: to ~1e3 eps of
     # max|e_hat|, and eigenvalues of e_hat down to -7e-4 for -1e8 X^T X in float32).
-    t = 0.5 * (t + jnp.swapaxes(t, -1, -2))
+    t = _symmetric(head + _last(ys, rest))
     e_hat, acc = _square(t, q, transposable)
-
-    # ell_B = 2^q acc, in two exact factors (2^q alone can exceed the range).
-    qh = q // 2
-    ell_b = acc * _pow2(qh, dtype) * _pow2(q - qh, dtype)
-    # Exact bounds log k <= ell_B <= log k + lambda_max(B) <= log k + eta (Jensen,
-    # tr B = 0) repair rounding at the ends; applied to the value only, so that
-    # derivatives of every order stay those of the smooth function.
-    log_k = math.log(k)
-    eta = jnp.exp2(jnp.where(jnp.isnan(log2_eta), -jnp.inf, log2_eta))
-    clamped = jnp.clip(lax.stop_gradient(ell_b), log_k, log_k + eta)
-    ell_b = ell_b + lax.stop_gradient(clamped - ell_b)
-    ell = c + ell_b
-    # Beyond MAX_SQUARINGS the polynomial would be evaluated out of its range.
-    beyond = q > MAX_SQUARINGS
-    ell = jnp.where(beyond, jnp.nan, ell)
-    e_hat = jnp.where(beyond[..., None, None], jnp.nan, e_hat)
+    ell = _ell(c, _times_pow2(acc, q), q, log2_eta, ys.p[0].shape[-1])
+    e_hat = jnp.where((q > MAX_SQUARINGS)[..., None, None], jnp.nan, e_hat)
     return ell.astype(out_dtype), e_hat.astype(out_dtype)
 
 
 def log_trace(a: jax.Array) -> jax.Array:
     r""":math:`\log\operatorname{tr} e^{A}` for real symmetric ``a`` of shape ``(..., k, k)``.
 
-    The first output of :func:`log_trace_and_weights` (same algorithm, same cost).
+    The value of :func:`log_trace_and_weights` (same algorithm and error) with
+    one matrix product fewer, since no :math:`\hat E` is formed: the last
+    product contributes its trace alone. Where no squaring is needed,
+    :math:`\operatorname{tr} T = \operatorname{tr} B_0 + \langle Y^4, R\rangle`
+    for :math:`T = B_0 + Y^4 R`; otherwise the last squaring's trace is
+    :math:`\operatorname{tr} E_{q-1}^2 = \|E_{q-1}\|_F^2` (:math:`E_{q-1}` symmetric).
+    Forward-differentiable; reverse mode cannot transpose its ``while_loop``.
 
     Example:
         >>> import jax.numpy as jnp
         >>> round(float(log_trace(jnp.eye(2))), 6)  # log(2 e)
         1.693147
     """
-    return log_trace_and_weights(a)[0]
+    c, ys, q, log2_eta, out_dtype = _prepared(a)
+    head, rest = _taylor_parts(ys, _DEGREE[ys.p[0].dtype])
+    # Y^4 and rest are symmetric polynomials of Y: tr(Y^4 rest) = <Y^4, rest>.
+    trace_t = _trace(head) + ys.f[-1][..., 0, 0] * jnp.sum(ys.p[-1] * rest, axis=(-2, -1))
+
+    def squared(_):
+        t = _symmetric(head + _last(ys, rest))
+        e_last, acc = _square(t, jnp.maximum(q - 1, 0), transposable=False)
+        # The q-th squaring's trace t_q, weighted 2^-q in acc: 2^q acc gains log t_q.
+        return _times_pow2(acc, q) + jnp.log(jnp.sum(jnp.square(e_last), axis=(-2, -1)))
+
+    # The product for T and the squarings only where a matrix squares.
+    ell_b = lax.cond(jnp.any(q > 0), squared, lambda _: jnp.zeros_like(trace_t), None)
+    ell_b = jnp.where(q > 0, ell_b, jnp.log(trace_t))
+    ell = _ell(c, ell_b, q, log2_eta, ys.p[0].shape[-1])
+    return ell.astype(out_dtype)

@@ -1,8 +1,11 @@
 """Products of ``x`` on the side of its smaller Gram matrix, for any layout of ``x``.
 
 Three products reach ``x``: its Gram (``gram``), the k x k product of a tangent
-with ``x`` (``cross``) and ``x`` times a k x k matrix (``weight``). Each has one
-name in every module below; this one picks the module by the layout of ``x``:
+with ``x`` (``cross``) and ``x`` times a k x k matrix (``weight``). A fourth
+op, ``batchwise``, runs a function of the k x k matrices on every device's own
+matrices, so that a loop inside it (the expm method's squarings) needs no
+collective for its trip count. Each has one name in every module below; this
+one picks the module by the layout of ``x``:
 
 * ``plain.py``: unsharded arrays, and manual axes (inside ``shard_map``), where
   each device holds its own matrices;
@@ -27,7 +30,7 @@ from jax.sharding import AxisType
 from jaxtrace._src.layouts import auto, blocks, explicit, plain
 from jaxtrace._src.layouts.plain import is_wide
 
-__all__ = ["cross", "gram", "is_wide", "weight"]
+__all__ = ["batchwise", "cross", "gram", "is_wide", "weight"]
 
 
 def _mesh(x: jax.Array):
@@ -95,3 +98,18 @@ def weight(x: jax.Array, w: jax.Array, wide: bool, *, tangent: bool = False) -> 
     if _on_auto_mesh(x) and not tangent:
         return auto.weight(x, w, wide)
     return plain.weight(x, w, wide)
+
+
+def batchwise(fun, a: jax.Array):
+    """``fun(a)`` for k x k matrices ``a`` laid out like a Gram, each device on its own.
+
+    ``fun`` maps (..., k, k) to arrays (...) or (..., k, k) and treats every
+    matrix alone. Never differentiated: ``custom_partitioning`` has no rule
+    for it.
+    """
+    spec = _explicit_spec(a)
+    if spec is not None:
+        return explicit.batchwise(fun, a, spec, jax.typeof(a).sharding.mesh)
+    if _on_auto_mesh(a):
+        return auto.batchwise(fun, a)
+    return fun(a)

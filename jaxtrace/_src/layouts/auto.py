@@ -68,6 +68,20 @@ def _operand_spec(x, wide: bool, mesh) -> tuple:
     return blocks.contracting_spec(spec, x.shape, wide, mesh.shape) or spec
 
 
+def _define_partition(op, shardings, sharding_rule) -> None:
+    """Partitions ``op`` by ``shardings(mesh, arg_shapes) -> (body, out, arg shardings)``."""
+
+    def partition(mesh, arg_shapes, result_shape):
+        del result_shape
+        return mesh, *shardings(mesh, arg_shapes)
+
+    op.def_partition(
+        partition=partition,
+        infer_sharding_from_operands=lambda mesh, arg_shapes, _: shardings(mesh, arg_shapes)[1],
+        sharding_rule=sharding_rule,
+    )
+
+
 def _cp_gram(wide: bool):
     @custom_partitioning
     def gram(x):
@@ -124,20 +138,11 @@ def _cp_weight(wide: bool, n_extra: int):
         spec = _operand_spec(arg_shapes[0], wide, mesh)
         extra = (None,) * n_extra
         w_spec = PartitionSpec(*extra, *blocks.gram_spec(spec))
-        return spec, NamedSharding(mesh, PartitionSpec(*extra, *spec)), w_spec
-
-    def partition(mesh, arg_shapes, result_shape):
-        del result_shape
-        spec, out_sharding, w_spec = shardings(mesh, arg_shapes)
         body = functools.partial(blocks.weight, **blocks.body_kwargs(spec, wide, mesh.shape))
-        x_sharding = NamedSharding(mesh, PartitionSpec(*spec))
-        return mesh, body, out_sharding, (x_sharding, NamedSharding(mesh, w_spec))
+        args = (NamedSharding(mesh, PartitionSpec(*spec)), NamedSharding(mesh, w_spec))
+        return body, NamedSharding(mesh, PartitionSpec(*extra, *spec)), args
 
-    weight.def_partition(
-        partition=partition,
-        infer_sharding_from_operands=lambda mesh, arg_shapes, _: shardings(mesh, arg_shapes)[1],
-        sharding_rule=functools.partial(_weight_rule, wide, n_extra),
-    )
+    _define_partition(weight, shardings, functools.partial(_weight_rule, wide, n_extra))
     return weight
 
 
@@ -184,6 +189,54 @@ def _auto_weight(wide: bool, n_extra: int = 0):
         return weight(x, w), plain.weight(dx, w, wide) + plain.weight(x, dw, wide)
 
     return weight
+
+
+def _batchwise_rule(n_batch: int, out_ndims: tuple, mesh, value_types, result_types):
+    """Shardy rule of ``_cp_batchwise``: a (b.., i, j) -> each output (b.., [i, j])."""
+    del mesh, value_types, result_types
+    batch = [f"b{i}" for i in range(n_batch)]
+    outs = ", ".join(" ".join(batch + ["i", "j"][: nd - n_batch]) for nd in out_ndims)
+    return f"{' '.join([*batch, 'i', 'j'])} -> {outs}", {"need_replication_factors": ("i", "j")}
+
+
+@functools.cache
+def _cp_batchwise(fun, n_batch: int, out_ndims: tuple, out_tree):
+    """``fun`` run by every device on its own matrices: only batch dimensions stay sharded."""
+    # (A function of one positional argument: custom_partitioning binds by signature.)
+    partitioned = custom_partitioning(lambda a: fun(a))
+
+    def shardings(mesh, arg_shapes):
+        batch = _chosen_spec(arg_shapes[0], mesh)[:n_batch]
+        out = [NamedSharding(mesh, PartitionSpec(*batch)) for _ in out_ndims]
+        arg = NamedSharding(mesh, PartitionSpec(*batch, None, None))
+        return fun, out_tree.unflatten(out), (arg,)
+
+    _define_partition(
+        partitioned, shardings, functools.partial(_batchwise_rule, n_batch, out_ndims)
+    )
+    return partitioned
+
+
+@functools.cache
+def _auto_batchwise(fun):
+    @jax.custom_batching.custom_vmap
+    def batchwise(a):
+        leaves, out_tree = jax.tree.flatten(jax.eval_shape(fun, a))
+        out_ndims = tuple(o.ndim for o in leaves)
+        return _cp_batchwise(fun, a.ndim - 2, out_ndims, out_tree)(a)
+
+    @batchwise.def_vmap
+    def _rule(axis_size, in_batched, a):
+        del axis_size, in_batched  # the mapped axis is one more batch dimension
+        out = batchwise(a)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return batchwise
+
+
+def batchwise(fun, a: jax.Array):
+    """``fun`` of k x k matrices ``a``, partitioned so that every device runs it on its own."""
+    return _auto_batchwise(fun)(a)
 
 
 def gram(x: jax.Array, wide: bool) -> jax.Array:

@@ -75,3 +75,21 @@ def weight(x: jax.Array, w: jax.Array, wide: bool, spec: tuple, mesh) -> jax.Arr
         )(x, w)
     out = plain.weight(_laid_out(x, target, mesh), w, wide, out_sharding=_named(mesh, target))
     return _laid_out(out, spec, mesh)
+
+
+def batchwise(fun, a: jax.Array, spec: tuple, mesh):
+    """``fun`` of k x k matrices ``a`` laid out as ``spec``, each device on its own matrices.
+
+    Only the batch dimensions stay sharded (a Gram's layout): a loop inside
+    ``fun`` then runs per device, with no collective for its trip count.
+    """
+    batch = spec[:-2]
+    if all(e is None for e in batch):
+        return fun(a)
+    out_specs = jax.tree.map(
+        lambda o: PartitionSpec(*batch, *(None,) * (o.ndim - len(batch))), jax.eval_shape(fun, a)
+    )
+    in_spec = blocks.gram_spec(spec)
+    return jax.shard_map(fun, mesh=mesh, in_specs=in_spec, out_specs=out_specs)(
+        _laid_out(a, in_spec, mesh)
+    )

@@ -29,7 +29,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxtrace._src import taylor
+from jaxtrace._src import layouts, taylor
 from jaxtrace._src.numerics import PRECISION, log_below, repaired
 
 
@@ -44,24 +44,37 @@ def _bounded(ell: jax.Array, g: jax.Array, s: jax.Array) -> jax.Array:
     return repaired(ell, jnp.where(s < 0, jnp.minimum(ell, log_k), ell))
 
 
-@jax.custom_batching.custom_vmap
-def _kernel(a: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return taylor.log_trace_and_weights(a)
+def _per_device(fun):
+    """``fun`` of a stack of k x k matrices, run by each device on its own (``layouts.batchwise``).
+
+    Under ``vmap`` the mapped axis is one more batch dimension: the squaring loop
+    stays one loop over the batch's largest count. (vmap's own rule for a loop with
+    a batched predicate fails on meshes with explicit axes.) Never differentiated:
+    derivatives go through the transposable variant.
+    """
+
+    @jax.custom_batching.custom_vmap
+    def kernel(a):
+        # Per device on sharded batches: the loop's trip count is the local
+        # batch's largest, with no all-reduce for the global one.
+        return layouts.batchwise(fun, a)
+
+    @kernel.def_vmap
+    def _rule(axis_size, in_batched, a):
+        del axis_size, in_batched
+        out = kernel(a)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return kernel
 
 
-@_kernel.def_vmap
-def _kernel_vmap(axis_size, in_batched, a):
-    # The kernel takes batch dimensions itself: under vmap its squaring loop stays
-    # one loop over the batch's largest count. (vmap's own rule for a loop with a
-    # batched predicate fails on meshes with explicit axes.) Never differentiated:
-    # derivatives go through the transposable variant.
-    del axis_size, in_batched
-    return _kernel(a), (True, True)
+_kernel = _per_device(taylor.log_trace_and_weights)
+_value_kernel = _per_device(taylor.log_trace)
 
 
 def log_trace(g: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(ell, 1): ell = log tr exp(s G) by products alone."""
-    ell = _bounded(_kernel(s * g)[0], g, s)
+    """(ell, 1): ell = log tr exp(s G) by products alone (no E_hat: one product fewer)."""
+    ell = _bounded(_value_kernel(s * g), g, s)
     return ell, jnp.ones_like(ell)
 
 
@@ -74,30 +87,42 @@ def weights(g: jax.Array, s: jax.Array):
     return _bounded(ell, g, s), jnp.ones_like(ell), e_hat, jnp.maximum(moment, 0)
 
 
-@weights.defjvp
 def _weights_jvp(primals, tangents):
     g, s = primals
     dg, ds = tangents
-    # Along dg: the Frechet derivative, as the JVP of the kernel's transposable
-    # variant at A = s G in the direction s dg.
-    (ell, e_hat), (dell, de_hat) = jax.jvp(
-        lambda a: taylor.log_trace_and_weights(a, transposable=True), (s * g,), (s * dg,)
-    )
+    if _zero(dg):
+        ell, e_hat = _kernel(s * g)
+        dell, de_hat = jnp.zeros_like(ell), jnp.zeros_like(e_hat)
+    else:
+        # Along dg: the Frechet derivative, as the JVP of the kernel's transposable
+        # variant at A = s G in the direction s dg.
+        (ell, e_hat), (dell, de_hat) = jax.jvp(
+            lambda a: taylor.log_trace_and_weights(a, transposable=True), (s * g,), (s * dg,)
+        )
     ell = _bounded(ell, g, s)
     moment = _pair(g, e_hat)
     moment = repaired(moment, jnp.maximum(moment, 0))
-    # Along ds the direction G commutes with A, so the derivatives are closed-form
-    # (no squarings to amplify rounding): d ell = M, d E_hat = (G - M) E_hat and
-    # d M = <(G - M)^2, E_hat>, a variance, kept >= 0 as the exact value is.
-    z = g - moment[..., None, None] * jnp.eye(g.shape[-1], dtype=g.dtype)
-    ze = jnp.matmul(z, e_hat, precision=PRECISION)
-    variance = _pair(z, ze)
-    variance = repaired(variance, jnp.maximum(variance, 0))
-    ds_ = ds[..., None, None]
-    tangent = (
-        dell + ds * moment,
-        jnp.zeros_like(ell),
-        de_hat + ds_ * 0.5 * (ze + jnp.swapaxes(ze, -1, -2)),
-        _pair(dg, e_hat) + _pair(g, de_hat) + ds * variance,
-    )
-    return (ell, jnp.ones_like(ell), e_hat, moment), tangent
+    dmoment = _pair(g, de_hat) if _zero(dg) else _pair(dg, e_hat) + _pair(g, de_hat)
+    if not _zero(ds):
+        # Along ds the direction G commutes with A, so the derivatives are closed-form
+        # (no squarings to amplify rounding): d ell = M, d E_hat = (G - M) E_hat and
+        # d M = <(G - M)^2, E_hat>, a variance, kept >= 0 as the exact value is.
+        z = g - moment[..., None, None] * jnp.eye(g.shape[-1], dtype=g.dtype)
+        ze = jnp.matmul(z, e_hat, precision=PRECISION)
+        variance = _pair(z, ze)
+        variance = repaired(variance, jnp.maximum(variance, 0))
+        dell = dell + ds * moment
+        de_hat = de_hat + ds[..., None, None] * 0.5 * (ze + jnp.swapaxes(ze, -1, -2))
+        dmoment = dmoment + ds * variance
+    primal_out = (ell, jnp.ones_like(ell), e_hat, moment)
+    return primal_out, (dell, jnp.zeros_like(ell), de_hat, dmoment)
+
+
+def _zero(tangent) -> bool:
+    """A tangent known to be zero at trace time (an input that is not differentiated)."""
+    return isinstance(tangent, jax.custom_derivatives.SymbolicZero)
+
+
+# Symbolic zeros: an HVP in x alone skips the scale's terms, one in the scale alone
+# the Frechet derivative.
+weights.defjvp(_weights_jvp, symbolic_zeros=True)
