@@ -155,6 +155,17 @@ def _pow2(n: jax.Array, dtype) -> jax.Array:
     return jnp.where(n < fi.minexp, 0, lax.bitcast_convert_type(bits, dtype)).astype(dtype)
 
 
+def _exponent(x: jax.Array) -> jax.Array:
+    """frexp's exponent of a nonnegative normal x (2^(e-1) <= x < 2^e), from its bits.
+
+    Subnormals and zero give minexp or less, inf and NaN maxexp + 1: callers clip.
+    """
+    fi = np.finfo(x.dtype)
+    itype = jnp.int32 if fi.bits == 32 else jnp.int64
+    biased = lax.shift_right_logical(lax.bitcast_convert_type(x, itype), itype(fi.nmant))
+    return (biased - (fi.maxexp - 2)).astype(jnp.int32)
+
+
 def _log2_frobenius(x: jax.Array) -> jax.Array:
     """log2 ||x||_F over the last two axes, without overflow or underflow (-inf at 0)."""
     mx = jnp.max(jnp.abs(x), axis=(-2, -1))
@@ -180,7 +191,7 @@ def _scaled_powers(b: jax.Array) -> tuple[_Powers, jax.Array, jax.Array]:
     dtype = b.dtype
     fi = np.finfo(dtype)
     b0 = lax.stop_gradient(b)
-    _, e = jnp.frexp(jnp.max(jnp.abs(b0), axis=(-2, -1)))
+    e = _exponent(jnp.max(jnp.abs(b0), axis=(-2, -1)))
     # Scale down only: powers of a small B cannot overflow, and scaling it up
     # would blow its tangents up by the same factor. (NaN/inf give e = 0.)
     e = jnp.clip(e, 0, -fi.minexp)
