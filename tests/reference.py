@@ -122,20 +122,46 @@ def gram_eigenvalues(x) -> np.ndarray:
 # expm_condition where eigenvalue errors move W).
 
 
-def _weights(x: np.ndarray, scale, log: bool) -> np.ndarray:
-    """(..., k) weights of W in its eigenbasis: e^(s mu_i), or e^(s mu_i - L) for the log."""
-    n, m = x.shape[-2:]
-    lam = scale * gram_eigenvalues(x)
+def _spectral(lam: np.ndarray, zeros: int, log: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(weights (..., k), value (...)) from the eigenvalues lam = s mu of s G.
+
+    Weights of W in its eigenbasis: e^(s mu_i), or e^(s mu_i - L) for the log;
+    the value is tr exp(s X X^T), or L = its log. The ``zeros`` = max(n - m, 0)
+    zero eigenvalues of X X^T count in both.
+    """
     if not log:
-        return np.exp(lam)
-    # The max(n - m, 0) zero eigenvalues of X X^T count in L.
+        w = np.exp(lam)
+        return w, w.sum(axis=-1) + zeros
     top = lam.max(axis=-1, keepdims=True)
-    zeros = max(n - m, 0)
     if zeros:
         top = np.maximum(top, 0.0)
     e = np.exp(lam - top)
-    total = e.sum(axis=-1, keepdims=True)
-    return e / (total + zeros * np.exp(-top) if zeros else total)
+    total = e.sum(axis=-1, keepdims=True) + zeros * np.exp(-top)
+    return e / total, (top + np.log(total))[..., 0]
+
+
+def _weights(x: np.ndarray, scale, log: bool) -> np.ndarray:
+    """(..., k) weights of W in its eigenbasis: e^(s mu_i), or e^(s mu_i - L) for the log."""
+    n, m = x.shape[-2:]
+    return _spectral(scale * gram_eigenvalues(x), max(n - m, 0), log)[0]
+
+
+def eigh_reference(x, scale: float, *, log: bool = False):
+    """(value (...), gradient (..., n, m), d value / d scale (...)) in float64 from NumPy's eigh.
+
+    Independent of jaxtrace and cheaper than mpmath, for inputs whose Gram is
+    well conditioned: W = V diag(w) V^T, the gradient 2s X W (tall; 2s W X
+    wide) and d/ds = sum_i mu_i w_i.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n, m = x.shape[-2:]
+    wide = n < m
+    xt = np.swapaxes(x, -1, -2)
+    mu, v = np.linalg.eigh(x @ xt if wide else xt @ x)
+    w, value = _spectral(scale * mu, max(n - m, 0), log)
+    weights = (v * w[..., None, :]) @ np.swapaxes(v, -1, -2)
+    grad = 2 * scale * (weights @ x if wide else x @ weights)
+    return value, grad, np.sum(mu * w, axis=-1)
 
 
 def _line_norms(x: np.ndarray) -> np.ndarray:

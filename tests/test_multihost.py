@@ -31,7 +31,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-# The two processes run once, on one xdist worker.
 # Per method, run once: `--dist loadfile` keeps this module on one xdist worker.
 @pytest.fixture(scope="module", params=conftest.METHOD_NAMES)
 def reports(request) -> list[dict]:

@@ -193,7 +193,8 @@ def _scaled_powers(b: jax.Array) -> tuple[_Powers, jax.Array, jax.Array]:
     b0 = lax.stop_gradient(b)
     e = _exponent(jnp.max(jnp.abs(b0), axis=(-2, -1)))
     # Scale down only: powers of a small B cannot overflow, and scaling it up
-    # would blow its tangents up by the same factor. (NaN/inf give e = 0.)
+    # would blow its tangents up by the same factor. (NaN/inf give the largest
+    # e: their results are NaN anyway.)
     e = jnp.clip(e, 0, -fi.minexp)
     bp = b * _pow2(-e, dtype)[..., None, None]  # entries < 1 (< 4 beyond 2^1022)
     p2 = _sq(bp)

@@ -104,8 +104,9 @@ def batchwise(fun, a: jax.Array):
     """``fun(a)`` for k x k matrices ``a`` laid out like a Gram, each device on its own.
 
     ``fun`` maps (..., k, k) to arrays (...) or (..., k, k) and treats every
-    matrix alone. Never differentiated: ``custom_partitioning`` has no rule
-    for it.
+    matrix alone. Never differentiated, nor mapped by ``vmap``:
+    ``custom_partitioning`` has no rules for either, so callers map it as one
+    more batch dimension themselves (``custom_vmap``, as the expm method does).
     """
     spec = _explicit_spec(a)
     if spec is not None:

@@ -8,7 +8,9 @@ both products) and runs the per-device bodies of ``blocks.py``.
 ``custom_vmap`` (a mapped ``x`` is one more batch dimension; a mapped ``w``
 alone one more leading dimension of ``w``, with ``x`` left as it is) and
 ``custom_jvp`` (the products are bilinear; tangents use the plain products,
-which reverse mode can transpose) wrap it.
+which reverse mode can transpose) wrap it. ``batchwise`` (a function of the
+k x k matrices, run by each device on its own) is one too, left to its caller
+to map and never differentiated.
 """
 
 from __future__ import annotations
@@ -217,26 +219,11 @@ def _cp_batchwise(fun, n_batch: int, out_ndims: tuple, out_tree):
     return partitioned
 
 
-@functools.cache
-def _auto_batchwise(fun):
-    @jax.custom_batching.custom_vmap
-    def batchwise(a):
-        leaves, out_tree = jax.tree.flatten(jax.eval_shape(fun, a))
-        out_ndims = tuple(o.ndim for o in leaves)
-        return _cp_batchwise(fun, a.ndim - 2, out_ndims, out_tree)(a)
-
-    @batchwise.def_vmap
-    def _rule(axis_size, in_batched, a):
-        del axis_size, in_batched  # the mapped axis is one more batch dimension
-        out = batchwise(a)
-        return out, jax.tree.map(lambda _: True, out)
-
-    return batchwise
-
-
 def batchwise(fun, a: jax.Array):
     """``fun`` of k x k matrices ``a``, partitioned so that every device runs it on its own."""
-    return _auto_batchwise(fun)(a)
+    leaves, out_tree = jax.tree.flatten(jax.eval_shape(fun, a))
+    out_ndims = tuple(o.ndim for o in leaves)
+    return _cp_batchwise(fun, a.ndim - 2, out_ndims, out_tree)(a)
 
 
 def gram(x: jax.Array, wide: bool) -> jax.Array:

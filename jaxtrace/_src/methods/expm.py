@@ -102,7 +102,7 @@ def _weights_jvp(primals, tangents):
     ell = _bounded(ell, g, s)
     moment = _pair(g, e_hat)
     moment = repaired(moment, jnp.maximum(moment, 0))
-    dmoment = _pair(g, de_hat) if _zero(dg) else _pair(dg, e_hat) + _pair(g, de_hat)
+    dmoment = jnp.zeros_like(moment) if _zero(dg) else _pair(dg, e_hat) + _pair(g, de_hat)
     if not _zero(ds):
         # Along ds the direction G commutes with A, so the derivatives are closed-form
         # (no squarings to amplify rounding): d ell = M, d E_hat = (G - M) E_hat and
