@@ -136,7 +136,9 @@ def _spectral(lam: np.ndarray, zeros: int, log: bool) -> tuple[np.ndarray, np.nd
     if zeros:
         top = np.maximum(top, 0.0)
     e = np.exp(lam - top)
-    total = e.sum(axis=-1, keepdims=True) + zeros * np.exp(-top)
+    total = e.sum(axis=-1, keepdims=True)
+    if zeros:  # (not 0 * exp(-top): inf for large negative scales)
+        total = total + zeros * np.exp(-top)
     return e / total, (top + np.log(total))[..., 0]
 
 
