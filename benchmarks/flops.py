@@ -6,7 +6,7 @@ k = min(n, m):
 
 * jaxtrace, either method: the k x k Gram (2nmk) and the gradient's ``x @ W`` (2nmk).
 * method ``"expm"``: (p + q) k x k products of 2k^3, p = 5 in float32 (Taylor
-  degree 12: 3 powers, 2 Horner steps) and 6 in float64 (degree 16), q squarings
+  degree 12: 2 powers, 3 Horner steps) and 6 in float64 (degree 16), q squarings
   counted on the benchmark's input (``jaxtrace._src.taylor._squarings``; a batch
   runs its largest q). The gradient reuses the forward pass's exp(sG) / tr.
 * method ``"eigh"``: one eigh with eigenvectors, estimated at 9k^3 (Golub and

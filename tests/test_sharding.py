@@ -332,7 +332,7 @@ def test_vmap_over_scales_keeps_x_unbatched_on_auto_meshes(report):
         for name in ("value", "grad_scale"):
             grown = entry[f"{name}_temp_bytes_64"] - entry[f"{name}_temp_bytes_4"]
             if expm:
-                # exp(s G) per scale: at most the kernel's k x k working set (Y..Y^4,
+                # exp(s G) per scale: at most the kernel's k x k working set (Y..Y^s,
                 # the polynomial's two parts and T, E_j and its square, E_hat: 10
                 # matrices), under the 16 of a device's shard of x.
                 assert grown / 60 <= 10 * k * k * itemsize, (tag, name, grown)

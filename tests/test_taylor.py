@@ -18,7 +18,7 @@ roundoff, rho = rho(A), q the squarings the kernel chose, B = A - cI):
 * the result itself is rounded: u |ell|.
 
 So ``|ell - ell_ref| <= u (2 rho + |ell| + 5 2^q)`` (2^q < 2 eta/theta, eta <=
-k^(1/8) rho(B), so this is O(u rho)). For e_hat, the derivative of
+k^(1/(2s)) rho(B) with s = 3 or 4, so this is O(u rho)). For e_hat, the derivative of
 exp(B)/tr exp(B) at symmetric B in a direction dB is L/tau - e_hat tr(L)/tau
 with L = int_0^1 e^(sB) dB e^((1-s)B) ds, tau = tr e^B, hence at most
 2 ||e_hat||_2 ||dB||_2 in norm: the same budget moves the entries of e_hat by at
@@ -288,8 +288,8 @@ def test_jvp_matches_mpmath_and_finite_differences(x64):
         r_ell, r2_ell, r_e, r2_e = mp_directional(a[i], v[i])
         # A tangent is the exact derivative of the computed map: its rounding
         # follows the value's budget u (2 rho + 5 2^q) relative to its O(1) size,
-        # and 2^q < 2 eta/theta <= 2 k^(1/8) 2 rho/theta ~ 6 rho (theta = 0.83):
-        # u (2 + 30) rho = 16 eps rho. (The derivative of the truncated series
+        # and 2^q < 2 eta/theta <= 2 k^(1/8) 2 rho/theta ~ 6 rho (float64: s = 4 and
+        # theta = 0.83): u (2 + 30) rho = 16 eps rho. (The derivative of the truncated series
         # adds theta^m/m! ~ 20 u, relative, below that.)
         tol = 16 * eps * max(1.0, radius)
         np.testing.assert_allclose(float(j_ell[i]), r_ell, rtol=0, atol=tol)

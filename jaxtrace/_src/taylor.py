@@ -20,16 +20,18 @@ Algorithm (all steps per matrix of the batch):
    hence :math:`\lambda_{\max}(B) \ge 0`, which the error analysis below uses.
 2. **Scaling.** :math:`B' = 2^{-e} B` with :math:`2^{e-1} \le \max|B_{ij}| <
    2^{e}` (:math:`e \ge 0`: large matrices are scaled down, small ones left
-   alone), and its powers :math:`P_j = B'^j`, :math:`j \le 4`. For symmetric
-   :math:`B`, :math:`\|P_4\|_F = (\sum_i \lambda_i^{8})^{1/2}`, so
-   :math:`\eta = 2^{e} \|P_4\|_F^{1/4} \ge \rho(B)` and overestimates it by
-   at most :math:`k^{1/8}`. The number of squarings is
+   alone), and its powers :math:`P_j = B'^j`, :math:`j \le s` (the block size
+   of step 3). For symmetric :math:`B`,
+   :math:`\|P_s\|_F = (\sum_i \lambda_i^{2s})^{1/2}`, so
+   :math:`\eta = 2^{e} \|P_s\|_F^{1/s} \ge \rho(B)` and overestimates it by
+   at most :math:`k^{1/(2s)}`. The number of squarings is
    :math:`q = \max(0, \lceil \log_2(\eta/\theta_m) \rceil)`, and
    :math:`Y_j = Y^j = 2^{j(e-q)} P_j` for :math:`Y = B/2^q`: every scaling is a
    power of two, so :math:`Y` is :math:`B/2^q` to the last bit and no product is
    spent on anything but the polynomial.
 3. **Taylor polynomial** :math:`T = \sum_{j \le m} Y^j/j!` by Paterson--Stockmeyer
-   in blocks of 4 (:math:`Y^2, Y^3, Y^4` and Horner in :math:`Y^4`). Because
+   in blocks of :math:`s` (:math:`Y^2, \ldots, Y^s` and Horner in :math:`Y^s`;
+   :math:`s = 3` in ``float32``, 4 in ``float64``, see :data:`_BLOCK`). Because
    :math:`Y` is symmetric its error is the scalar error at each eigenvalue
    :math:`y \in [-\theta_m, \theta_m]`; see :data:`_THETA` for the choice of
    :math:`\theta_m`. :math:`m` is even, so :math:`T_m(y) > 0`: :math:`T` is
@@ -49,8 +51,9 @@ Algorithm (all steps per matrix of the batch):
    and :math:`t_j \in [1/k, 1]`: nothing overflows, whatever the norm of
    :math:`A`.
 
-Products: 3 powers + 2 (``float32``, m = 12) or 3 (``float64``, m = 16) Horner
-steps + :math:`q` squarings, i.e. :math:`5 + q` resp. :math:`6 + q`, with
+Products: 2 powers + 3 Horner steps (``float32``, m = 12, s = 3) or 3 + 3
+(``float64``, m = 16, s = 4), + :math:`q` squarings, i.e. :math:`5 + q` resp.
+:math:`6 + q`, with
 :math:`q \approx \log_2(\rho(B)/\theta_m)`.
 
 Error: the truncation error relative to :math:`e^{y}` at a nonnegative
@@ -88,6 +91,14 @@ _PRECISION = lax.Precision.HIGHEST
 #   float64: m = 12 (5, 0.336) 6.57, m = 16 (6, 0.827) 6.27, m = 20 (7, 1.509)
 #     6.41, m = 25 (8, 2.568) 6.64 (+ log2 R): m = 16 is the cheapest.
 _DEGREE = {np.dtype(np.float32): 12, np.dtype(np.float64): 16}
+# Paterson--Stockmeyer block size s (s | m, m/s >= 2). float32: s = 3 costs 2 + 3
+# products for m = 12, as s = 4 does 3 + 2, but holds one power fewer: a plain
+# evaluation peaks at 5 k x k buffers rather than 6 (jax.scipy.linalg.expm: 6).
+# Its bound ||lambda||_6 overestimates rho by k^(1/6) rather than k^(1/8), at
+# most one squaring more (measured on Gaussian Grams, k = 16..1024: none to one).
+# float64: m = 16 is not a multiple of 3, and m = 15 or 18 cost 0.3 or 0.5
+# products more per matrix: s = 4.
+_BLOCK = {np.dtype(np.float32): 3, np.dtype(np.float64): 4}
 
 
 def _theta(m: int, dtype) -> float:
@@ -120,6 +131,11 @@ def _mm(x: jax.Array, y: jax.Array) -> jax.Array:
 
 def _trace(x: jax.Array) -> jax.Array:
     return jnp.trace(x, axis1=-2, axis2=-1)
+
+
+def _pair(x: jax.Array, y: jax.Array) -> jax.Array:
+    """<x, y> = tr(x^T y) over the last two axes."""
+    return jnp.sum(x * y, axis=(-2, -1))
 
 
 def _symmetric(x: jax.Array) -> jax.Array:
@@ -175,71 +191,77 @@ def _log2_frobenius(x: jax.Array) -> jax.Array:
 
 
 class _Powers(NamedTuple):
-    """:math:`Y^j = f_j P_j`, j = 1..4: the matrices and their exact power-of-two factors."""
+    """:math:`Y^j = f_j P_j`, j = 1..s: the matrices and their exact power-of-two factors."""
 
     p: list  # P_j, (..., k, k)
     f: list  # f_j = 2^(j (e - q)), (..., 1, 1)
 
 
-def _scaled_powers(b: jax.Array) -> tuple[_Powers, jax.Array, jax.Array]:
-    r"""Powers :math:`Y^j = (B/2^q)^j`, :math:`j = 1..4`, the squarings q and :math:`\log_2\eta`.
+def _scaled_powers(a: jax.Array, c: jax.Array) -> tuple[_Powers, jax.Array, jax.Array]:
+    r"""Powers :math:`Y^j = (B/2^q)^j`, j = 1..s, of :math:`B = A - cI`; q; :math:`\log_2\eta`.
 
     Only the powers carry tangents: the scale factors are exact powers of two
     chosen from the primal, so :math:`Y_j` is the same function of :math:`B` as
     :math:`(B/2^q)^j` (also at :math:`B = 0`, where the unscaled tangent is kept).
     """
-    dtype = b.dtype
+    dtype = a.dtype
     fi = np.finfo(dtype)
-    b0 = lax.stop_gradient(b)
+    eye = jnp.eye(a.shape[-1], dtype=dtype)
+    b0 = lax.stop_gradient(a - c[..., None, None] * eye)
     e = _exponent(jnp.max(jnp.abs(b0), axis=(-2, -1)))
     # Scale down only: powers of a small B cannot overflow, and scaling it up
     # would blow its tangents up by the same factor. (NaN/inf give the largest
     # e: their results are NaN anyway.)
     e = jnp.clip(e, 0, -fi.minexp)
-    bp = b * _pow2(-e, dtype)[..., None, None]  # entries < 1 (< 4 beyond 2^1022)
+    # B' = 2^-e B, entries < 1 (< 4 beyond 2^1022), as 2^-e A - (2^-e c) I: the
+    # same bits, formed from A in one pass, so that XLA keeps no unscaled B live
+    # beside it for the polynomial's sums (one k x k buffer fewer).
+    inv = _pow2(-e, dtype)
+    bp = a * inv[..., None, None] - (c * inv)[..., None, None] * eye
     p2 = _sq(bp)
-    powers = [bp, p2, _mm(p2, bp), _sq(p2)]
-    # eta = 2^e ||P_4||_F^(1/4) = ||lambda(B)||_8 >= rho(B): the sharpest of the
+    powers = [bp, p2, _mm(p2, bp)]
+    if _BLOCK[dtype] == 4:
+        powers.append(_sq(p2))
+    # eta = 2^e ||P_s||_F^(1/s) = ||lambda(B)||_2s >= rho(B): the sharpest of the
     # ||P_j||_F^(1/j) = ||lambda||_2j at hand (p-norms decrease with p).
-    log2_eta = e + 0.25 * _log2_frobenius(lax.stop_gradient(powers[-1]))
+    log2_eta = e + _log2_frobenius(lax.stop_gradient(powers[-1])) / len(powers)
     # A non-finite bound (NaN/inf input, whose result is NaN anyway) squares
     # nothing; q beyond MAX_SQUARINGS (a spectrum too wide for the static loop)
     # is capped at MAX_SQUARINGS + 1 and its result set to NaN below.
     qf = jnp.ceil(log2_eta - math.log2(_THETA[dtype]))
     q = jnp.where(jnp.isfinite(qf), jnp.clip(qf, 0, MAX_SQUARINGS + 1), 0).astype(jnp.int32)
-    # Y^j = 2^(j (e - q)) P_j. As 2^(e-1) <= max|B| <= rho(B) <= eta <= k^(9/8) 2^e and
-    # 2^(q-1) < eta/theta <= 2^q (or q = 0, e <= 1): -4.5 log2(k) - 8 < j (e - q) <= 4
-    # for every q below the cap.
+    # Y^j = 2^(j (e - q)) P_j. As 2^(e-1) <= max|B| <= rho(B) <= eta <= k^(1+1/(2s)) 2^e
+    # and 2^(q-1) < eta/theta <= 2^q (or q = 0, e <= 1):
+    # -(s + 1/2) log2(k) - 2s < j (e - q) <= s for every q below the cap.
     # The factors stay scalars, folded into the polynomial's coefficients: no
     # scaled copy of a power is ever materialised.
     factors = [_pow2(j * (e - q), dtype)[..., None, None] for j in range(1, len(powers) + 1)]
     return _Powers(powers, factors), q, log2_eta
 
 
-def _taylor_parts(ys: _Powers, m: int) -> tuple[jax.Array, jax.Array]:
-    r"""``(head, rest)``: :math:`T = \sum_{j \le m} Y^j/j! = head + Y^s\,rest`, ``ys`` = Y..Y^s.
+def _block(ys: _Powers, lo: int) -> jax.Array:
+    r"""The block :math:`\sum_{i<s} Y^i/(lo+i)!` (``lo = l s``, ``ys`` = Y..Y^s)."""
+    p, f = ys
+    s = len(p)
+    # Highest degree first: the small terms are summed before the large ones.
+    acc = sum(f[i - 1] * p[i - 1] / math.factorial(lo + i) for i in range(s - 1, 0, -1))
+    return acc + jnp.eye(p[0].shape[-1], dtype=p[0].dtype) / math.factorial(lo)
 
-    Paterson--Stockmeyer: :math:`T = B_0 + Y^s(B_1 + Y^s(\cdots + Y^s(B_{r-1} + c_m Y^s)))`,
-    with :math:`B_l = \sum_{i<s} c_{ls+i} Y^i`, :math:`s | m`, :math:`r = m/s`:
-    :math:`r - 2` products here and the last one, :math:`Y^s\,rest`, left to the caller
-    (``_last``), which needs only its trace where no squaring follows.
+
+def _taylor_rest(ys: _Powers, m: int) -> jax.Array:
+    r"""``rest`` with :math:`T = \sum_{j \le m} Y^j/j! = B_0 + Y^s\,rest` (``_block(ys, 0)``).
+
+    Paterson--Stockmeyer: :math:`T = B_0 + Y^s(B_1 + Y^s(\cdots + Y^s(B_{r-1} + Y^s/m!)))`,
+    :math:`s | m`, :math:`r = m/s`: :math:`r - 2` products here and the last one,
+    :math:`Y^s\,rest`, left to the caller (``_last``), which needs only its trace
+    where no squaring follows.
     """
     s = len(ys.p)
     assert m % s == 0 and m // s >= 2
-    p, f = ys
-    eye = jnp.eye(p[0].shape[-1], dtype=p[0].dtype)
-    coef = [1 / math.factorial(j) for j in range(m + 1)]
-
-    def block(lo: int) -> jax.Array:
-        # Highest degree first: the small terms are summed before the large ones.
-        acc = sum((coef[lo + i] * f[i - 1]) * p[i - 1] for i in range(s - 1, 0, -1))
-        return acc + coef[lo] * eye
-
-    r = m // s
-    rest = block((r - 1) * s) + (coef[m] * f[-1]) * p[-1]
-    for lo in range((r - 2) * s, 0, -s):
-        rest = block(lo) + _last(ys, rest)
-    return block(0), rest
+    rest = _block(ys, m - s) + (ys.f[-1] / math.factorial(m)) * ys.p[-1]
+    for lo in range(m - 2 * s, 0, -s):
+        rest = _block(ys, lo) + _last(ys, rest)
+    return rest
 
 
 def _last(ys: _Powers, x: jax.Array) -> jax.Array:
@@ -310,8 +332,7 @@ def _square(t: jax.Array, q: jax.Array, transposable: bool) -> tuple[jax.Array, 
 def _squarings(a: jax.Array) -> jax.Array:
     """The number of squarings q chosen per matrix (for tests and diagnostics)."""
     a = _as_float(a)
-    _, b = _shift(a)
-    return _scaled_powers(b)[1]
+    return _scaled_powers(a, _mean_eigenvalue(a))[1]
 
 
 def _as_float(a: jax.Array) -> jax.Array:
@@ -323,23 +344,21 @@ def _as_float(a: jax.Array) -> jax.Array:
     return a
 
 
-def _shift(a: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(c, B): the mean eigenvalue c = tr(A)/k and B = A - cI (off-diagonal bits kept)."""
-    k = a.shape[-1]
+def _mean_eigenvalue(a: jax.Array) -> jax.Array:
+    """c = tr(A)/k, the shift of B = A - cI."""
     # Sum of diag/k rather than mean: no overflow near the largest float. c need
     # not be rounded correctly, only used consistently in B and in ell.
-    c = jnp.sum(jnp.diagonal(a, axis1=-2, axis2=-1) / k, axis=-1)
-    return c, a - c[..., None, None] * jnp.eye(k, dtype=a.dtype)
+    return jnp.sum(jnp.diagonal(a, axis1=-2, axis2=-1) / a.shape[-1], axis=-1)
 
 
 def _prepared(a: jax.Array):
-    """(c, Y^1..4, q, log2 eta, out dtype) of ``a``, computed in float32 or float64."""
+    """(c, Y^1..s, q, log2 eta, out dtype) of ``a``, computed in float32 or float64."""
     a = _as_float(a)
     out_dtype = a.dtype
     if a.dtype not in _DEGREE:  # bfloat16, float16: compute in float32
         a = a.astype(jnp.float32)
-    c, b = _shift(a)
-    ys, q, log2_eta = _scaled_powers(b)
+    c = _mean_eigenvalue(a)
+    ys, q, log2_eta = _scaled_powers(a, c)
     return c, ys, q, log2_eta, out_dtype
 
 
@@ -397,11 +416,11 @@ def log_trace_and_weights(
         (1.098612, 0.333333)
     """
     c, ys, q, log2_eta, out_dtype = _prepared(a)
-    head, rest = _taylor_parts(ys, _DEGREE[ys.p[0].dtype])
-    # Y^4 (...) is symmetric only in exact arithmetic (the factors commute). Left
+    rest = _taylor_rest(ys, _DEGREE[ys.p[0].dtype])
+    # Y^s (...) is symmetric only in exact arithmetic (the factors commute). Left
     # alone, the asymmetry grows in the squarings (measured: to ~1e3 eps of
     # max|e_hat|, and eigenvalues of e_hat down to -7e-4 for -1e8 X^T X in float32).
-    t = _symmetric(head + _last(ys, rest))
+    t = _symmetric(_block(ys, 0) + _last(ys, rest))
     e_hat, acc = _square(t, q, transposable)
     ell = _ell(c, _times_pow2(acc, q), q, log2_eta, ys.p[0].shape[-1])
     e_hat = jnp.where((q > MAX_SQUARINGS)[..., None, None], jnp.nan, e_hat)
@@ -414,9 +433,11 @@ def log_trace(a: jax.Array) -> jax.Array:
     The value of :func:`log_trace_and_weights` (same algorithm and error) with
     one matrix product fewer, since no :math:`\hat E` is formed: the last
     product contributes its trace alone. Where no squaring is needed,
-    :math:`\operatorname{tr} T = \operatorname{tr} B_0 + \langle Y^4, R\rangle`
-    for :math:`T = B_0 + Y^4 R`; otherwise the last squaring's trace is
-    :math:`\operatorname{tr} E_{q-1}^2 = \|E_{q-1}\|_F^2` (:math:`E_{q-1}` symmetric).
+    :math:`\operatorname{tr} T = \operatorname{tr} B_0 + \langle Y^s, R\rangle`
+    for :math:`T = B_0 + Y^s R`; otherwise the last squaring's trace is
+    :math:`\operatorname{tr} E_{q-1}^2 = \|E_{q-1}\|_F^2` (:math:`E_{q-1}`
+    symmetric to rounding). Its peak working set is 5 k x k matrices in
+    ``float32`` and 6 in ``float64``.
     Forward-differentiable; reverse mode cannot transpose its ``while_loop``.
 
     Example:
@@ -425,18 +446,17 @@ def log_trace(a: jax.Array) -> jax.Array:
         1.693147
     """
     c, ys, q, log2_eta, out_dtype = _prepared(a)
-    head, rest = _taylor_parts(ys, _DEGREE[ys.p[0].dtype])
-    # Y^4 and rest are symmetric polynomials of Y: tr(Y^4 rest) = <Y^4, rest>.
-    trace_t = _trace(head) + ys.f[-1][..., 0, 0] * jnp.sum(ys.p[-1] * rest, axis=(-2, -1))
-
-    def squared(_):
-        t = _symmetric(head + _last(ys, rest))
-        e_last, acc = _square(t, jnp.maximum(q - 1, 0), transposable=False)
-        # The q-th squaring's trace t_q, weighted 2^-q in acc: 2^q acc gains log t_q.
-        return _times_pow2(acc, q) + jnp.log(jnp.sum(jnp.square(e_last), axis=(-2, -1)))
-
-    # The product for T and the squarings only where a matrix squares.
-    ell_b = lax.cond(jnp.any(q > 0), squared, lambda _: jnp.zeros_like(trace_t), None)
-    ell_b = jnp.where(q > 0, ell_b, jnp.log(trace_t))
+    rest = _taylor_rest(ys, _DEGREE[ys.p[0].dtype])
+    # Y^s and rest are symmetric polynomials of Y: tr(Y^s rest) = <Y^s, rest>.
+    trace_t = _trace(_block(ys, 0)) + ys.f[-1][..., 0, 0] * _pair(ys.p[-1], rest)
+    # The product P_s rest only where a matrix squares; its factor is applied
+    # outside, fused with the sum. T is not symmetrised: every squaring
+    # symmetrises its result.
+    p_rest = lax.cond(jnp.any(q > 0), _mm, lambda p, rest: jnp.zeros_like(rest), ys.p[-1], rest)
+    t = _block(ys, 0) + ys.f[-1] * p_rest
+    e_last, acc = _square(t, jnp.maximum(q - 1, 0), transposable=False)
+    # The q-th squaring's trace t_q = ||E_{q-1}||_F^2, weighted 2^-q in acc.
+    squared = _times_pow2(acc, q) + jnp.log(_pair(e_last, e_last))
+    ell_b = jnp.where(q > 0, squared, jnp.log(trace_t))
     ell = _ell(c, ell_b, q, log2_eta, ys.p[0].shape[-1])
     return ell.astype(out_dtype)
