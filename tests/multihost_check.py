@@ -20,7 +20,8 @@ LOCAL_DEVICES = 4
 N_PROCESSES = 2
 
 if __name__ == "__main__" and "jax" not in sys.modules:
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={LOCAL_DEVICES}"
+    flags = os.environ.get("XLA_FLAGS", "")  # (the test suite's compile flags, if any)
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={LOCAL_DEVICES}"
     os.environ["JAX_PLATFORMS"] = "cpu"
 
 import json  # noqa: E402

@@ -34,7 +34,7 @@ def _free_port() -> int:
 # Per method, run once: `--dist loadfile` keeps this module on one xdist worker.
 @pytest.fixture(scope="module", params=conftest.METHOD_NAMES)
 def reports(request) -> list[dict]:
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     port = str(_free_port())
