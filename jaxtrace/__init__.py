@@ -1,7 +1,11 @@
-"""jaxtrace: differentiable tr(expm(scale X X^T)) for JAX, through the smaller Gram matrix."""
+"""jaxtrace: differentiable traces of matrix exponentials for JAX.
 
-from jaxtrace._src.functions import log_trace_expm_gram, trace_expm_gram
+tr(expm(scale X X^T)) through the smaller Gram matrix, tr(expm(A)) of any real
+square A, and their overflow-free logarithms.
+"""
+
+from jaxtrace._src.functions import log_trace_expm, log_trace_expm_gram, trace_expm, trace_expm_gram
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "log_trace_expm_gram", "trace_expm_gram"]
+__all__ = ["__version__", "log_trace_expm", "log_trace_expm_gram", "trace_expm", "trace_expm_gram"]

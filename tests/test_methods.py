@@ -214,6 +214,11 @@ def test_expm_lowers_to_products_only(platform, name, program):
     exported = export.export(program, platforms=[platform])(
         jax.ShapeDtypeStruct((64, 8), jnp.float32)
     )
+    assert_products_only(exported)
+
+
+def assert_products_only(exported: export.Exported) -> None:
+    """The lowered module has matrix products and none of :data:`_FORBIDDEN`."""
     # Location metadata names Python functions (log_trace_and_weights contains
     # "eigh"): only the operations count.
     ops = " ".join(

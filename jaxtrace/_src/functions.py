@@ -1,4 +1,4 @@
-"""The public functions: tr(expm(scale X X^T)) and its logarithm."""
+"""The public functions: tr(expm(scale X X^T)), tr(expm(A)) and their logarithms."""
 
 from __future__ import annotations
 
@@ -6,10 +6,17 @@ from typing import Any
 
 import jax
 
+from jaxtrace._src import square
 from jaxtrace._src.methods import choose
 from jaxtrace._src.operator import evaluate
 from jaxtrace._src.scalars import LOG_TRACE, TRACE, ScalarFunction
-from jaxtrace._src.validation import gram_side, prepare_method, prepare_scale, prepare_x
+from jaxtrace._src.validation import (
+    gram_side,
+    prepare_method,
+    prepare_scale,
+    prepare_square,
+    prepare_x,
+)
 
 
 def _batch(x: jax.Array) -> int:
@@ -23,6 +30,7 @@ def _batch(x: jax.Array) -> int:
 # One compiled program per shape, dtype, function and method, also when called
 # eagerly (op by op, the kernels' many small operations would each dispatch).
 _evaluate = jax.jit(evaluate, static_argnums=(2, 3))
+_evaluate_square = jax.jit(square.evaluate, static_argnums=(1,))
 
 
 def _run(fn: ScalarFunction, name: str, x: Any, scale: Any, method: str) -> jax.Array:
@@ -146,3 +154,96 @@ def log_trace_expm_gram(x: Any, *, scale: Any = 1.0, method: str = "auto") -> ja
       Array(900., dtype=float32)
     """
     return _run(LOG_TRACE, "log_trace_expm_gram", x, scale, method)
+
+
+def _run_square(fn: ScalarFunction, name: str, a: Any) -> jax.Array:
+    a, out_dtype = prepare_square(name, a)
+    return _evaluate_square(a, fn).astype(out_dtype)
+
+
+def trace_expm(a: Any) -> jax.Array:
+    r"""Trace of the matrix exponential of real square matrices.
+
+    .. math::
+
+        f(A) = \operatorname{tr} e^{A}, \qquad \nabla_A f = e^{A^\top},
+
+    for any real :math:`A`, symmetric or not (e.g. the NOTEARS acyclicity
+    constraint :math:`\operatorname{tr} e^{W \circ W} - d` of causal discovery).
+    :math:`e^{A}` comes from matrix products alone (scaling, a Taylor
+    polynomial and squarings; no eigensolver, factorisation, solve or
+    callback), and the gradient is formed from the same :math:`e^{A}`: nothing is
+    differentiated through the exponential. Second derivatives
+    (``jax.hessian``, Hessian-vector products via ``jax.jvp(jax.grad(f), ...)``,
+    ``jax.grad`` of ``jax.grad``) go through the Fréchet derivative of
+    :math:`e^{A}` and are exact. ``jax.jvp`` of the function itself is not
+    available (it is a ``jax.custom_vjp``).
+
+    The value overflows once :math:`\operatorname{tr} e^{A}` exceeds the
+    dtype's range (an eigenvalue above about 88.7 in float32, 709.8 in
+    float64); use :func:`log_trace_expm` there.
+
+    Args:
+      a: real array of shape ``(..., d, d)``; leading dimensions are a batch.
+        Dtypes as :func:`trace_expm_gram`'s ``x``: float32 and float64 are
+        kept, integer and bool arrays promoted to JAX's default float, narrower
+        floats computed in float32 and returned in their own dtype.
+
+    Returns:
+      Array of shape ``(...)`` in the (promoted) dtype of ``a``; 0 for
+      ``d = 0``. NaN or inf in a matrix gives NaN for it.
+
+    Raises:
+      TypeError: if ``a`` is not an array, or has a complex or non-numeric dtype.
+      ValueError: if ``a.ndim < 2``, its last two dimensions differ, or (under
+        ``jax.export`` shape polymorphism) d is symbolic.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxtrace import trace_expm
+      >>> w = jnp.array([[0.0, 1.0], [0.0, 0.0]])  # a DAG: tr exp(W o W) = d
+      >>> print(f"{trace_expm(w * w) - 2:.5f}")
+      0.00000
+      >>> jax.grad(trace_expm)(w)  # exp(W)^T = [[1, 0], [1, 1]]
+      Array([[1., 0.],
+             [1., 1.]], dtype=float32)
+    """
+    return _run_square(TRACE, "trace_expm", a)
+
+
+def log_trace_expm(a: Any) -> jax.Array:
+    r"""Logarithm of :func:`trace_expm`, free of overflow.
+
+    .. math::
+
+        L(A) = \log \operatorname{tr} e^{A}, \qquad
+        \nabla_A L = e^{A^\top} / \operatorname{tr} e^{A},
+
+    computed as :math:`\ell + \log \operatorname{tr} E` from
+    :math:`e^{A} = e^{\ell} E`, :math:`\|E\|_F = 1`, so that no
+    :math:`e^{\lambda}` is ever formed: finite for every finite ``a`` whose
+    trace exponential is positive. That includes every entrywise non-negative
+    and every symmetric :math:`A`. Elsewhere :math:`\operatorname{tr} e^{A}`
+    can be zero or negative (a rotation generator by :math:`\pi`,
+    ``[[0, -pi], [pi, 0]]``, gives :math:`-2`), and the result is ``-inf``
+    or NaN. Shapes, dtypes and derivatives behave as in :func:`trace_expm`.
+
+    Args:
+      a: real array of shape ``(..., d, d)``; leading dimensions are a batch.
+
+    Returns:
+      Array of shape ``(...)`` in the (promoted) dtype of ``a``; ``-inf`` for
+      ``d = 0`` (the log of an empty trace).
+
+    Raises:
+      TypeError: as :func:`trace_expm`.
+      ValueError: as :func:`trace_expm`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxtrace import log_trace_expm
+      >>> a = jnp.array([[1000.0, 1.0], [0.0, 0.0]])
+      >>> print(f"{log_trace_expm(a):.3f}")  # log(e^1000 + 1): the plain trace overflows
+      1000.000
+    """
+    return _run_square(LOG_TRACE, "log_trace_expm", a)

@@ -26,15 +26,43 @@ def _is_array(obj: Any) -> bool:
 
 
 def prepare_x(name: str, x: Any) -> tuple[jax.Array, jnp.dtype]:
-    """Checks ``x`` and returns it in the dtype the computation runs in.
+    """Checks ``x`` (..., n, m) and returns it in the dtype the computation runs in.
 
     Returns:
       ``(x, out_dtype)``: ``x`` cast to float32/float64 for the computation and
       the dtype in which the value and the gradient are handed back.
     """
+    return _prepare_array(name, x, "x", "(..., n, m)")
+
+
+def prepare_square(name: str, a: Any) -> tuple[jax.Array, jnp.dtype]:
+    """Checks ``a`` (..., d, d) as :func:`prepare_x` does ``x``, and that it is square.
+
+    Raises:
+      ValueError: also if the last two dimensions differ, or if d is symbolic
+        (``jax.export``).
+    """
+    a, out_dtype = _prepare_array(name, a, "a", "(..., d, d)")
+    n, m = a.shape[-2:]
+    if export.is_symbolic_dim(n) or export.is_symbolic_dim(m):
+        raise ValueError(
+            f"{name}: expected a concrete matrix size d in the shape (..., d, d) of a, got "
+            f"symbolic shape (..., {n}, {m}). Keep the last two dimensions fixed in "
+            "jax.export.symbolic_shape; batch dimensions may be symbolic."
+        )
+    if n != m:
+        raise ValueError(
+            f"{name}: expected a square matrix in the last two dimensions of a, shape "
+            f"(..., d, d), got shape {tuple(a.shape)}. For tr exp(scale X X^T) of a "
+            "rectangular X use trace_expm_gram or log_trace_expm_gram."
+        )
+    return a, out_dtype
+
+
+def _prepare_array(name: str, x: Any, arg: str, shape: str) -> tuple[jax.Array, jnp.dtype]:
     if not _is_array(x):
         raise TypeError(
-            f"{name}: expected x to be a JAX or NumPy array of shape (..., n, m), "
+            f"{name}: expected {arg} to be a JAX or NumPy array of shape {shape}, "
             f"got {_describe(x)}."
         )
     if hasattr(x, "__jax_array__") and not isinstance(x, (jax.Array, np.ndarray)):
@@ -42,8 +70,8 @@ def prepare_x(name: str, x: Any) -> tuple[jax.Array, jnp.dtype]:
     dtype = np.dtype(x.dtype)
     if jnp.issubdtype(dtype, jnp.complexfloating):
         raise TypeError(
-            f"{name}: expected x to be a real array (floating, integer or bool), "
-            f"got complex dtype {dtype}. The operator is defined for real X only."
+            f"{name}: expected {arg} to be a real array (floating, integer or bool), "
+            f"got complex dtype {dtype}. The operator is defined for real input only."
         )
     if not (
         jnp.issubdtype(dtype, jnp.floating)
@@ -51,11 +79,12 @@ def prepare_x(name: str, x: Any) -> tuple[jax.Array, jnp.dtype]:
         or dtype == np.bool_
     ):
         raise TypeError(
-            f"{name}: expected x to have a real floating, integer or bool dtype, got dtype {dtype}."
+            f"{name}: expected {arg} to have a real floating, integer or bool dtype, "
+            f"got dtype {dtype}."
         )
     if np.ndim(x) < 2:
         raise ValueError(
-            f"{name}: expected x of shape (..., n, m) with ndim >= 2, "
+            f"{name}: expected {arg} of shape {shape} with ndim >= 2, "
             f"got shape {tuple(np.shape(x))} (ndim {np.ndim(x)})."
         )
     if jnp.issubdtype(dtype, jnp.floating):

@@ -4,8 +4,8 @@ Three products reach ``x``: its Gram (``gram``), the k x k product of a tangent
 with ``x`` (``cross``) and ``x`` times a k x k matrix (``weight``). A fourth
 op, ``batchwise``, runs a function of the k x k matrices on every device's own
 matrices, so that a loop inside it (the expm method's squarings) needs no
-collective for its trip count. Each has one name in every module below; this
-one picks the module by the layout of ``x``:
+collective for its trip count (``per_device`` wraps it for ``vmap``). Each has
+one name in every module below; this one picks the module by the layout of ``x``:
 
 * ``plain.py``: unsharded arrays, and manual axes (inside ``shard_map``), where
   each device holds its own matrices;
@@ -30,7 +30,7 @@ from jax.sharding import AxisType
 from jaxtrace._src.layouts import auto, blocks, explicit, plain
 from jaxtrace._src.layouts.plain import is_wide
 
-__all__ = ["batchwise", "cross", "gram", "is_wide", "weight"]
+__all__ = ["batchwise", "cross", "gram", "is_wide", "per_device", "weight"]
 
 
 def _mesh(x: jax.Array):
@@ -114,3 +114,28 @@ def batchwise(fun, a: jax.Array):
     if _on_auto_mesh(a):
         return auto.batchwise(fun, a)
     return fun(a)
+
+
+def per_device(fun):
+    """``fun`` of a stack of k x k matrices, run by each device on its own (``batchwise``).
+
+    Under ``vmap`` the mapped axis is one more batch dimension: a loop inside
+    ``fun`` (the expm kernels' squarings) stays one loop over the batch's largest
+    count, and no ``cond`` runs both branches. (vmap's own rule for a loop with a
+    batched predicate fails on meshes with explicit axes.) Never differentiated:
+    callers differentiate the kernels' transposable variants instead.
+    """
+
+    @jax.custom_batching.custom_vmap
+    def kernel(a):
+        # Per device on sharded batches: the loop's trip count is the local
+        # batch's largest, with no all-reduce for the global one.
+        return batchwise(fun, a)
+
+    @kernel.def_vmap
+    def _rule(axis_size, in_batched, a):
+        del axis_size, in_batched
+        out = kernel(a)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return kernel

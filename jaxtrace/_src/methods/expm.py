@@ -44,32 +44,8 @@ def _bounded(ell: jax.Array, g: jax.Array, s: jax.Array) -> jax.Array:
     return repaired(ell, jnp.where(s < 0, jnp.minimum(ell, log_k), ell))
 
 
-def _per_device(fun):
-    """``fun`` of a stack of k x k matrices, run by each device on its own (``layouts.batchwise``).
-
-    Under ``vmap`` the mapped axis is one more batch dimension: the squaring loop
-    stays one loop over the batch's largest count. (vmap's own rule for a loop with
-    a batched predicate fails on meshes with explicit axes.) Never differentiated:
-    derivatives go through the transposable variant.
-    """
-
-    @jax.custom_batching.custom_vmap
-    def kernel(a):
-        # Per device on sharded batches: the loop's trip count is the local
-        # batch's largest, with no all-reduce for the global one.
-        return layouts.batchwise(fun, a)
-
-    @kernel.def_vmap
-    def _rule(axis_size, in_batched, a):
-        del axis_size, in_batched
-        out = kernel(a)
-        return out, jax.tree.map(lambda _: True, out)
-
-    return kernel
-
-
-_kernel = _per_device(taylor.log_trace_and_weights)
-_value_kernel = _per_device(taylor.log_trace)
+_kernel = layouts.per_device(taylor.log_trace_and_weights)
+_value_kernel = layouts.per_device(taylor.log_trace)
 
 
 def log_trace(g: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
