@@ -11,6 +11,8 @@ import numpy as np
 FUNCTIONS = ("trace", "log_trace")  # trace_expm_gram, log_trace_expm_gram
 MODES = ("value", "value_and_grad")
 DTYPES = ("float32", "float64")
+NOTEARS = "notears"  # h(W) = tr exp(W o W) - d by jaxtrace.trace_expm, float32 value and gradient
+NOTEARS_SHAPES: tuple[tuple[int, ...], ...] = ((100, 100), (64, 20, 20), (500, 500))
 
 # Square, tall, wide and batched (batch dimensions first).
 QUICK_SHAPES: tuple[tuple[int, ...], ...] = (
@@ -37,7 +39,7 @@ class Case:
       shape: shape of ``x``, ``(..., n, m)``.
       dtype: ``"float32"`` or ``"float64"``.
       mode: ``"value"`` or ``"value_and_grad"``.
-      function: ``"trace"`` or ``"log_trace"``.
+      function: ``"trace"``, ``"log_trace"`` or :data:`NOTEARS`.
     """
 
     shape: tuple[int, ...]
@@ -122,3 +124,11 @@ def make_input(shape: Sequence[int], dtype: str, seed: int) -> np.ndarray:
     n, m = shape[-2:]
     x = np.random.default_rng(seed).standard_normal(tuple(shape)) * (0.5 / math.sqrt(max(n, m)))
     return x.astype(dtype)
+
+
+def make_notears_input(shape: Sequence[int], dtype: str, seed: int) -> np.ndarray:
+    """A sparse ``W`` as NOTEARS meets it: ``N(0, 1)`` entries kept with probability ``2 / d``,
+    times 0.5 (about two edges per node), so ``W o W`` has a modest spectrum."""
+    rng = np.random.default_rng(seed)
+    keep = rng.random(tuple(shape)) < 2.0 / shape[-1]
+    return (rng.standard_normal(tuple(shape)) * keep * 0.5).astype(dtype)

@@ -21,10 +21,11 @@ PRECISIONS = ("highest", "default")  # jaxtrace always uses highest
 DESCRIPTION = (
     "Benchmark jaxtrace.trace_expm_gram and log_trace_expm_gram (method auto, eigh and expm) "
     "against three peers (jnp.trace(expm(x @ x.T)), the same on the smaller Gram, and eigvalsh), "
-    "the eigh method against its core and HVPs against value-and-grad; check the targets and "
-    "tabulate a flop model. Without --full, a quick sweep of 20 cases and 5 extra rows: about "
-    "10 minutes on 2 CPU cores (measured on a busy host). --full runs 64 cases, float64 too: "
-    "expect well over an hour there."
+    "the eigh method against its core, HVPs against value-and-grad and NOTEARS' h(W) = "
+    "trace_expm(W * W) - d against autodiff of jax.scipy.linalg.expm; check the targets and "
+    "tabulate a flop model. Without --full, a quick sweep of 20 cases and 8 extra rows (core, "
+    "HVPs, NOTEARS): about 10 minutes on 2 CPU cores (measured on a busy host). --full runs 64 "
+    "cases, float64 too, and the same extra rows: expect well over an hour there."
 )
 
 
@@ -37,6 +38,13 @@ def _shapes(text: str) -> tuple[tuple[int, ...], ...]:
 
 def _shape_or_none(text: str) -> tuple[int, ...] | None:
     return None if text.strip().lower() == "none" else _shapes(text)[0]
+
+
+def _square_shapes(text: str) -> tuple[tuple[int, ...], ...]:
+    shapes = () if text.strip().lower() == "none" else _shapes(text)
+    if any(s[-1] != s[-2] for s in shapes):
+        raise argparse.ArgumentTypeError(f"NOTEARS shapes must be square (d x d): {text!r}")
+    return shapes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=(1024, 256),
         help="shape of the HVP rows, or none (1024x256)",
     )
+    add(
+        "--notears-shapes",
+        type=_square_shapes,
+        default=cases.NOTEARS_SHAPES,
+        metavar="SHAPES",
+        help="shapes of W of the NOTEARS rows (float32 value and gradient), or none "
+        "(100x100,64x20x20,500x500)",
+    )
     add("--seed", type=int, default=0, help="seed of the random inputs (0)")
     return p
 
@@ -115,7 +131,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _tasks(args: argparse.Namespace, device: Any, settings: runner.Settings) -> list[tuple]:
-    """The sweep as (label, thunk) pairs: peer cases, then the core and HVP rows."""
+    """The sweep as (label, thunk) pairs: peer cases, then the core, HVP and NOTEARS rows."""
     tasks: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         (c.label, lambda c=c: runner.run_peer_case(c, device, settings))
         for d in args.dtypes
@@ -131,6 +147,9 @@ def _tasks(args: argparse.Namespace, device: Any, settings: runner.Settings) -> 
         for m in programs.METHODS:
             hvp = functools.partial(runner.run_hvp_case, args.hvp_shape, fn, m, device, settings)
             tasks.append((f"hvp {fn} {m}", hvp))
+    for shape in args.notears_shapes:
+        notears = functools.partial(runner.run_notears_case, shape, device, settings)
+        tasks.append((f"notears {cases.format_shape(shape)}", notears))
     return tasks
 
 
@@ -172,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     json_path, md_path, png_path = (args.out / n for n in (JSON_NAME, MARKDOWN_NAME, PLOT_NAME))
     env = environment.describe(device, argv)
     names = ("shapes", "dtypes", "modes", "functions", "repeats", "budget", "peer_limit")
-    names += ("peer_precision", "core_shape", "hvp_shape", "seed")
+    names += ("peer_precision", "core_shape", "hvp_shape", "notears_shapes", "seed")
     results: dict[str, Any] = {
         "schema": "jaxtrace-benchmarks/2",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

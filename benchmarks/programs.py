@@ -13,6 +13,10 @@ The peers are what a well-read user writes, each differentiated by autodiff:
 Their log forms take the log of the trace (``peer_card``, ``peer_gram``: these
 overflow at large norms, as users' code would) or a ``logsumexp`` over the
 eigenvalues and ``max(n - m, 0)`` zeros (``peer_eigvalsh``).
+
+NOTEARS' acyclicity constraint ``h(W) = tr exp(W o W) - d`` has one peer,
+``peer_expm``: ``jnp.trace(jax.scipy.linalg.expm(w * w)) - d``, against
+``jaxtrace.trace_expm(w * w) - d``.
 """
 
 from __future__ import annotations
@@ -87,7 +91,11 @@ def peer_fn(name: str, function: str, precision: str = "highest") -> Callable[..
         TPUs ``"default"`` lets the peer round float32 to TF32/bfloat16,
         which would compare precisions rather than algorithms.
     """
-    single = functools.partial(PEERS[name], log=function == "log_trace")
+    return _vmapped(functools.partial(PEERS[name], log=function == "log_trace"), precision)
+
+
+def _vmapped(single: Callable[[jax.Array], jax.Array], precision: str) -> Callable[..., jax.Array]:
+    """``single`` (of one matrix) vmapped over the batch, traced under ``precision``."""
 
     def peer(x: jax.Array) -> jax.Array:
         batch_shape, (n, m) = x.shape[:-2], x.shape[-2:]
@@ -97,6 +105,16 @@ def peer_fn(name: str, function: str, precision: str = "highest") -> Callable[..
             return jax.vmap(single)(x.reshape(-1, n, m)).reshape(batch_shape)
 
     return peer
+
+
+def notears_fn(w: jax.Array) -> jax.Array:
+    """NOTEARS' ``h(W) = tr exp(W o W) - d`` by ``jaxtrace.trace_expm``, per matrix."""
+    return jaxtrace.trace_expm(w * w) - w.shape[-1]
+
+
+def notears_peer_fn(precision: str = "highest") -> Callable[..., jax.Array]:
+    """``peer_expm``: ``jnp.trace(jax.scipy.linalg.expm(w * w)) - d``, vmapped like the peers."""
+    return _vmapped(lambda w: jnp.trace(jax.scipy.linalg.expm(w * w)) - w.shape[-1], precision)
 
 
 def core_program() -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:

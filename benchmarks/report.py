@@ -1,7 +1,7 @@
 """The written results: the JSON file and the Markdown report, also printed to the terminal.
 
 The report's tables: jaxtrace against the peers, the core
-and HVP rows, the targets and the flop model, with a numbered note for anything
+and HVP rows, the NOTEARS rows, the targets and the flop model, with a numbered note for anything
 invalid, skipped or failed, so that nothing is dropped silently.
 """
 
@@ -145,6 +145,27 @@ def other_table(records: Sequence[dict[str, Any]], notes: list[str]) -> tuple[li
     return headers, rows
 
 
+def notears_table(records: Sequence[dict[str, Any]], notes: list[str]) -> tuple[list, list]:
+    """Headers and rows of NOTEARS' ``h(W)``: ``trace_expm`` against ``peer_expm``."""
+    headers = ["case", "shape", "dtype", "mode", "trace_expm", "peer_expm", "peer/jaxtrace"]
+    headers += ["target", "mem trace_expm", "mem peer", "mem ratio", "mem target", "err"]
+    headers += ["status", "reps", "note"]
+    rows = []
+    for rec in records:
+        progs, shape = rec["programs"], tuple(rec["shape"])
+        check = (progs.get("trace_expm") or {}).get("check")
+        speed, (mem_shape, mem_limit) = targets.NOTEARS_VG.get(shape), targets.NOTEARS_MEMORY
+        row = [rec["family"], "x".join(map(str, shape)), rec["dtype"], rec["mode"]]
+        row += [_cell(rec, "trace_expm"), _cell(rec, "peer_expm")]
+        row += [format_ratio(_ratio(rec, "peer_expm")), f">= {speed:g}" if speed else "-"]
+        mem = [(progs.get(n) or {}).get("temp_bytes") for n in ("trace_expm", "peer_expm")]
+        row += [*map(format_bytes, mem), format_ratio(rec.get("memory_ratio"))]
+        row += [f"<= {mem_limit:g}" if shape == mem_shape else "-"]
+        row += [f"{check['max_error']:.1e}" if check else "-", rec["status"], str(rec["repeats"])]
+        rows.append(_with_note(row, rec, notes))
+    return headers, rows
+
+
 def flops_table(rows_in: Sequence[dict[str, Any]]) -> tuple[list, list]:
     """Headers and rows of the flop model (see :mod:`benchmarks.flops`)."""
     names = ["jaxtrace_expm", "jaxtrace_eigh", "peer_card", "peer_gram", "peer_eigvalsh"]
@@ -176,7 +197,8 @@ def _sections(results: dict[str, Any]) -> list[tuple[str, tuple[list, list] | li
     notes: list[str] = []
     records = results["records"]
     peer = [r for r in records if r["kind"] == "peer"]
-    other = [r for r in records if r["kind"] != "peer"]
+    other = [r for r in records if r["kind"] in ("core", "hvp")]
+    notears = [r for r in records if r["kind"] == "notears"]
     out: list[tuple[str, Any, str]] = []
     if peer:
         out.append(("jaxtrace against the peers", peer_table(peer, notes), LEGEND))
@@ -188,6 +210,17 @@ def _sections(results: dict[str, Any]) -> list[tuple[str, tuple[list, list] | li
         out.append(
             ("Core and Hessian-vector products (float32)", other_table(other, notes), legend)
         )
+    if notears:
+        legend = (
+            "NOTEARS' acyclicity constraint h(W) = tr exp(W o W) - d, value and gradient of its "
+            "sum over the batch: trace_expm: `jaxtrace.trace_expm(w * w) - d`; peer_expm: "
+            "`jnp.trace(jax.scipy.linalg.expm(w * w)) - d`, vmapped, by autodiff. peer/jaxtrace: "
+            "median of per-round ratios; mem ratio: compiled temporary memory trace_expm/peer. "
+            "Inputs: W with N(0, 1) entries kept with probability 2/d, times 0.5. err: against "
+            "SciPy's float64 expm, the value's error relative to tr exp(W o W) (h is formed as "
+            "the trace minus d; a DAG's h is 0)."
+        )
+        out.append(("NOTEARS (float32)", notears_table(notears, notes), legend))
     if notes:
         out.append(("Notes", notes, ""))
     out.append(("Targets", targets.lines(results["targets"]), ""))

@@ -3,11 +3,13 @@
 Every comparison yields a JSON-ready record of one layout, whatever its kind
 (``"peer"``: jaxtrace's three methods against the peers; ``"core"``: the eigh
 method against the design's core; ``"hvp"``: a Hessian-vector product against
-value-and-grad): ``programs`` holds each program's check and figures,
-``ratios`` the medians of per-round ratios. Every program is checked against the
-float64 reference before anything is timed. A jaxtrace program that fails sets
-``status`` to ``"MISMATCH"`` (the run then exits 1); a peer that fails (NaN or
-overflow in its log form, say) is marked invalid and not timed.
+value-and-grad; ``"notears"``: ``jaxtrace.trace_expm`` against autodiff of
+``jax.scipy.linalg.expm`` in NOTEARS' constraint): ``programs`` holds each
+program's check and figures, ``ratios`` the medians of per-round ratios. Every
+program is checked against the float64 reference before anything is timed. A
+jaxtrace program that fails sets ``status`` to ``"MISMATCH"`` (the run then exits
+1); a peer that fails (NaN or overflow in its log form, say) is marked invalid
+and not timed.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import checks, programs, timing
-from benchmarks.cases import Case, make_input
+from benchmarks.cases import NOTEARS, Case, make_input, make_notears_input
 from jaxtrace._src import methods
 
 WARMUP_CALLS = 2  # untimed calls after the checking call, for programs under SLOW_CALL_S
@@ -149,10 +151,14 @@ def _run(
     """
     started = time.perf_counter()
     try:
-        x_host = make_input(case.shape, case.dtype, settings.seed)
-        ref = checks.reference_output(x_host, case.function, case.mode)
+        if case.function == NOTEARS:
+            x_host = make_notears_input(case.shape, case.dtype, settings.seed)
+            ref, scale = checks.notears_reference(x_host)
+        else:
+            x_host = make_input(case.shape, case.dtype, settings.seed)
+            ref, scale = checks.reference_output(x_host, case.function, case.mode), None
         x = jax.device_put(x_host, device)
-        body(x_host, x, lambda out: checks.compare(out, ref, case.mode, case.dtype))
+        body(x_host, x, lambda out: checks.compare(out, ref, case.mode, case.dtype, scale))
     except Exception as exc:  # One broken case (e.g. out of memory) must not lose the others.
         record["status"] = "error"
         record["failures"].append(f"{type(exc).__name__}: {exc}")
@@ -245,4 +251,33 @@ def run_hvp_case(
         )
 
     record["mode"] = "hvp"
+    return _run(record, case, device, settings, body)
+
+
+def run_notears_case(
+    shape: tuple[int, ...], device: jax.Device, settings: Settings
+) -> dict[str, Any]:
+    """NOTEARS' ``h(W)``, value and gradient (float32): ``trace_expm`` against ``peer_expm``.
+
+    ``ratios["peer_expm"]``: the peer's time over jaxtrace's; ``memory_ratio``:
+    jaxtrace's compiled temporary memory over the peer's (None if not reported).
+    """
+    case = Case(tuple(shape), "float32", "value_and_grad", NOTEARS)
+    record = _record("notears", case, case.label, None)
+
+    def body(x_host: np.ndarray, w: jax.Array, check: Callable[[Any], dict[str, Any]]) -> None:
+        fns = {"trace_expm": programs.notears_fn}
+        fns["peer_expm"] = programs.notears_peer_fn(settings.peer_precision)
+        specs = [
+            Spec(name, programs.with_grad(fn, case.mode), (w,), check, name == "trace_expm")
+            for name, fn in fns.items()
+        ]
+        times = measure(record, specs, settings)
+        if "peer_expm" in times:
+            record["ratios"]["peer_expm"] = timing.ratio(
+                times["peer_expm"], times["trace_expm"], "peer_expm/trace_expm"
+            )
+        a, b = (record["programs"][name].get("temp_bytes") for name in fns)
+        record["memory_ratio"] = a / b if a is not None and b else None
+
     return _run(record, case, device, settings, body)

@@ -1,4 +1,4 @@
-"""The targets of issue #12, checked against a run's records (float32, method auto).
+"""The targets of issues #12 and #13 (NOTEARS), checked against a run's records (float32).
 
 A target whose case was not run is reported as such (``met`` None), so that a
 sweep which misses one says so. Targets are reported, never turned into the
@@ -26,6 +26,8 @@ CARD_TALL = ((2048, 64), 1000.0)  # card's peer / jaxtrace, value and gradient
 CORE_MAX = 1.2  # jaxtrace (eigh) / core
 HVP_MAX = 3.0  # HVP / value and gradient, every method
 BEST = "fastest peer/jaxtrace"
+NOTEARS_VG = {(100, 100): 3.0, (64, 20, 20): 6.0}  # peer_expm / trace_expm, value and grad
+NOTEARS_MEMORY = ((100, 100), 0.25)  # compiled temporary memory, trace_expm / peer_expm
 
 
 def _find(records: Sequence[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
@@ -94,6 +96,17 @@ def evaluate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             rec = _find(records, kind="hvp", function=fn, method=method)
             name = f"{fn} HVP, method {method}"
             out.append(_target(name, rec, "hvp", "<=", HVP_MAX, "hvp/value_and_grad"))
+    notears = {tuple(r["shape"]): r for r in f32 if r["kind"] == "notears"}
+    for shape, threshold in NOTEARS_VG.items():
+        name = f"notears value_and_grad {format_shape(shape)} vs autodiff peer"
+        what = "peer_expm/trace_expm"
+        out.append(_target(name, notears.get(shape), "peer_expm", ">=", threshold, what))
+    shape, limit = NOTEARS_MEMORY
+    rec, what = notears.get(shape), "temp memory trace_expm/peer_expm"
+    target = _target(f"notears memory {format_shape(shape)}", rec, "", "<=", limit, what)
+    if (rec or {}).get("memory_ratio") is not None:
+        target.update(value=rec["memory_ratio"], met=rec["memory_ratio"] <= limit)
+    out.append(target)
     return out
 
 

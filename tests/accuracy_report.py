@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtrace import log_trace_expm_gram, trace_expm_gram
+from jaxtrace import log_trace_expm, log_trace_expm_gram, trace_expm, trace_expm_gram
 from jaxtrace._src import taylor
 from tests.reference import (
     log_peer,
@@ -122,7 +122,30 @@ def large_eigenvalues() -> None:
             )
 
 
+def square_matrices() -> None:
+    """trace_expm and log_trace_expm against mpmath's expm of the matrix, with the tests' bound."""
+    from tests.test_trace_expm import CASES, _mp_reference, _tolerance
+
+    for dt in ("float32", "float64"):
+        with jax.enable_x64(dt == "float64"):
+            for name, a in sorted(CASES.items()):
+                a = a.astype(dt)
+                parts = []
+                for fn_name, fn in (("trace", trace_expm), ("log", log_trace_expm)):
+                    ref_value, ref_grad = _mp_reference(a, fn_name == "log")
+                    value, grad = jax.jit(jax.value_and_grad(fn))(jnp.asarray(a))
+                    grad_err = np.max(np.abs(np.asarray(grad, np.float64) - ref_grad))
+                    parts.append(
+                        f"{fn_name} value {abs(float(value) - ref_value) / abs(ref_value):.1e} "
+                        f"grad {grad_err / np.max(np.abs(ref_grad)):.1e} "
+                        f"(bound {_tolerance(a, dt, fn_name == 'log'):.0e})"
+                    )
+                d = a.shape[0]
+                print(f"square vs mpmath, {dt}, {name} {d}x{d}: " + "; ".join(parts))
+
+
 if __name__ == "__main__":
     first_order()
     hessians()
     large_eigenvalues()
+    square_matrices()

@@ -24,12 +24,13 @@ import pytest
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
-from benchmarks import checks, programs, runner, targets
+from benchmarks import checks, cli, programs, runner, targets
 from benchmarks.cases import make_input
 
 ROOT = Path(__file__).resolve().parents[1]
 JAXTRACE = ("jaxtrace", "jaxtrace_eigh", "jaxtrace_expm")
 SHAPES = ([2, 4, 3],)
+NOTEARS_SHAPES = ("2x4x4",)  # batched: the peer's vmap too; each row costs ~2 s (compiling)
 
 
 # The CLI runs once: `--dist loadfile` keeps this module on one xdist worker.
@@ -40,6 +41,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedP
     # dominates); the peers' other paths are unit-tested below.
     args = ["--platform", "cpu", "--shapes", "2x4x3", "--functions", "trace"]
     args += ["--repeats", "1", "--core-shape", "8x6", "--hvp-shape", "6x4", "--out", str(out)]
+    args += ["--notears-shapes", ",".join(NOTEARS_SHAPES)]
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", *args],
         cwd=ROOT,
@@ -66,10 +68,12 @@ def test_cli_writes_every_output(run: tuple[subprocess.CompletedProcess, Path]) 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (out / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (out / "benchmark.md").read_text()
-    for title in ("jaxtrace against the peers", "Targets", "Flop model", "Core and Hessian"):
+    titles = ("jaxtrace against the peers", "Targets", "Flop model", "Core and Hessian", "NOTEARS")
+    for title in titles:
         assert f"## {title}" in markdown and f"## {title}" in proc.stdout, title
     assert "## Failures\n\nNone: every check passed." in markdown
     assert re.search(r"\| trace +\| batched +\| 2x4x3 +\| float32 +\| value_and_grad +\|", markdown)
+    assert re.search(r"\| batched +\| 2x4x4 +\| float32 +\| value_and_grad +\|", markdown)
 
 
 def test_json_peer_records(results: dict[str, Any]) -> None:
@@ -97,7 +101,7 @@ def test_json_peer_records(results: dict[str, Any]) -> None:
 
 
 def test_json_core_hvp_targets_and_flops(results: dict[str, Any]) -> None:
-    other = {(r["kind"], r["method"]) for r in results["records"] if r["kind"] != "peer"}
+    other = {(r["kind"], r["method"]) for r in results["records"] if r["kind"] in ("core", "hvp")}
     assert other == {("core", "eigh"), ("hvp", "eigh"), ("hvp", "expm")}
     for rec in results["records"]:
         assert all(_positive(r["median"]) for r in rec["ratios"].values()), rec["label"]
@@ -113,6 +117,24 @@ def test_json_core_hvp_targets_and_flops(results: dict[str, Any]) -> None:
         assert set(row["flops"]) == {"jaxtrace_eigh", "jaxtrace_expm", *programs.PEERS}
         assert all(_positive(v) for v in row["flops"].values())
         assert row["q"] == 0  # the benchmark's inputs have ||x x^T|| <= 1
+
+
+def test_json_notears_records(results: dict[str, Any]) -> None:
+    notears = [r for r in results["records"] if r["kind"] == "notears"]
+    assert ["x".join(map(str, r["shape"])) for r in notears] == list(NOTEARS_SHAPES)
+    for rec in notears:
+        assert rec["status"] == "ok" and rec["mode"] == "value_and_grad", rec["label"]
+        assert list(rec["programs"]) == ["trace_expm", "peer_expm"]
+        for name, prog in rec["programs"].items():
+            assert prog["valid"] and prog["check"]["passed"], (rec["label"], name)
+            assert _positive(prog["median_s"]) and isinstance(prog["temp_bytes"], int)
+        assert _positive(rec["ratios"]["peer_expm"]["median"])
+        assert rec["memory_ratio"] is None or rec["memory_ratio"] >= 0
+    met = {t["name"]: t["met"] for t in results["targets"]}
+    assert met["notears memory 100x100"] is None  # not run: other NOTEARS shapes
+    assert cli.parse_args(["--notears-shapes", "none"]).notears_shapes == ()
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--notears-shapes", "4x5"])
 
 
 def _assert_close(actual: Any, desired: Any, what: str) -> None:
