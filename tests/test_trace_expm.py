@@ -112,6 +112,19 @@ def test_log_is_finite_where_the_trace_overflows(x64, dtype):
     np.testing.assert_allclose(grad, ref, rtol=0, atol=8 * u * 2000 * np.max(np.abs(ref)))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_dag_gives_exactly_d(x64, dtype):
+    # NOTEARS' h(W) = tr exp(W o W) - d is 0 exactly on a DAG: the powers of its
+    # adjacency have zero diagonals, and every normalisation is a power of two.
+    rng = np.random.default_rng(4)
+    d = 12
+    perm = rng.permutation(d)
+    w = np.triu(rng.standard_normal((d, d)) * (rng.random((d, d)) < 0.4), 1)[perm][:, perm]
+    a = jnp.asarray(w * w, dtype)
+    assert float(trace_expm(a)) == d
+    assert float(log_trace_expm(a)) == pytest.approx(math.log(d), rel=float(np.finfo(dtype).eps))
+
+
 def _fd_gradient(f, a: np.ndarray, h: float = 1e-6) -> np.ndarray:
     g = np.zeros_like(a)
     for idx in np.ndindex(a.shape):

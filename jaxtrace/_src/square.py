@@ -1,21 +1,26 @@
 r"""The custom-VJP operator behind ``trace_expm`` and ``log_trace_expm``.
 
-For a real square :math:`A` the kernel (``taylor.log_scale_and_direction``)
-gives :math:`e^{A} = e^{L} E` with :math:`\|E\|_F = 1`, so
-:math:`\operatorname{tr} e^{A} = e^{L}\operatorname{tr} E`: the pair
-``LogTrace(L, tr E)`` of ``scalars.py``, whose functions then apply
-unchanged. By :math:`d \operatorname{tr} f(A) = f'(A^\top) : dA` the
-gradient is :math:`\varphi'\,e^{A^\top}`, formed from the forward pass's
-:math:`E`: the trace's is :math:`e^{L} E^\top`, the log-trace's
-:math:`E^\top/\operatorname{tr} E`. Nothing is differentiated through the
-exponential for first derivatives; second derivatives go through the
-Fréchet derivative of :math:`e^{A}`, as the JVP of the kernel's transposable
-variant (forward and reverse mode alike).
+For a real square :math:`A` the kernel (``taylor.exp_factors``) gives
+:math:`e^{A} = e^{c}\,2^{k} E` with an exact power of two; here it becomes
+:math:`e^{A} = e^{top} W`, with the part of :math:`2^k` within
+:math:`2^{\pm 64}` kept in :math:`W` (exactly) and the rest in :math:`top`. So
+:math:`\operatorname{tr} e^{A} = e^{top}\operatorname{tr} W`: the pair
+``LogTrace(top, tr W)`` of ``scalars.py``, whose functions then apply
+unchanged. Where :math:`c = 0` and :math:`|k| \le 64` (NOTEARS' :math:`W \circ
+W`, for one) the trace is :math:`\operatorname{tr} W`, with no exponential
+rounded in. By :math:`d \operatorname{tr} f(A) = f'(A^\top) : dA` the gradient
+is :math:`\varphi'\,e^{A^\top}`, formed from the forward pass's :math:`W`: the
+trace's is :math:`e^{top} W^\top`, the log-trace's
+:math:`W^\top/\operatorname{tr} W`. Nothing is differentiated through the
+exponential for first derivatives; second derivatives go through the Fréchet
+derivative of :math:`e^{A}`, as the JVP of the kernel's transposable variant
+(forward and reverse mode alike).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -24,26 +29,35 @@ import jax.numpy as jnp
 from jaxtrace._src import layouts, taylor
 from jaxtrace._src.scalars import LogTrace, ScalarFunction
 
-_kernel = layouts.per_device(taylor.log_scale_and_direction)
+_kernel = layouts.per_device(taylor.exp_factors)
+_KEPT = 64  # |exponent| of the power of two kept in W: finite entries and sums in any dtype
 
 
 def _trace(x: jax.Array) -> jax.Array:
     return jnp.trace(x, axis1=-2, axis2=-1)
 
 
+def _parts(c: jax.Array, k: jax.Array, e: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(top, W) with e^c 2^k E = e^top W."""
+    kept = jnp.clip(k, -_KEPT, _KEPT)
+    w = taylor.times_pow2(e, kept.astype(jnp.int32)[..., None, None])
+    return c + (k - kept) * math.log(2), w
+
+
 @jax.custom_jvp
 def exp_parts(a: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(L, E) with exp(A) = e^L E and ||E||_F = 1, for ``a`` of shape (..., d, d)."""
-    return _kernel(a)
+    """(top, W) with exp(A) = e^top W, for ``a`` of shape (..., d, d)."""
+    return _parts(*_kernel(a))
 
 
 @exp_parts.defjvp
 def _exp_parts_jvp(primals, tangents):
     # The Frechet derivative, as the JVP of the transposable variant: the same
     # arithmetic, in a loop that reverse mode can transpose.
-    return jax.jvp(
-        functools.partial(taylor.log_scale_and_direction, transposable=True), primals, tangents
-    )
+    def parts(a):
+        return _parts(*taylor.exp_factors(a, transposable=True))
+
+    return jax.jvp(parts, primals, tangents)
 
 
 class _Residuals(NamedTuple):
@@ -51,9 +65,9 @@ class _Residuals(NamedTuple):
 
 
 def _log_trace(a: jax.Array) -> tuple[LogTrace, jax.Array]:
-    """(LogTrace(L, tr E), E)."""
-    top, e = exp_parts(a)
-    return LogTrace(top, _trace(e)), e
+    """(LogTrace(top, tr W), W)."""
+    top, w = exp_parts(a)
+    return LogTrace(top, _trace(w)), w
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -64,8 +78,8 @@ def _op(a: jax.Array, fn: ScalarFunction) -> jax.Array:
 def _op_fwd(a: jax.Array, fn: ScalarFunction):
     # The primal inline (not through _op), so that forward mode can differentiate
     # this rule, as jax.hessian does.
-    lt, e = _log_trace(a)
-    grad = fn.weight(lt, 0)[..., None, None] * jnp.swapaxes(e, -1, -2)
+    lt, w = _log_trace(a)
+    grad = fn.weight(lt, 0)[..., None, None] * jnp.swapaxes(w, -1, -2)
     return fn.value(lt, 0), _Residuals(grad)
 
 

@@ -75,7 +75,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["log_scale_and_direction", "log_trace", "log_trace_and_weights"]
+__all__ = ["exp_factors", "log_trace", "log_trace_and_weights"]
 
 _PRECISION = lax.Precision.HIGHEST
 
@@ -313,8 +313,11 @@ def _square(
     r"""q normalised squarings: :math:`E_q` and :math:`\sum_{j=0}^{q} 2^{-j}\log t_j`.
 
     Symmetric :math:`T` (positive definite) is normalised by the trace,
-    :math:`t_j = \operatorname{tr} E_{j-1}^2`; any other by the Frobenius norm,
-    :math:`t_j = \|E_{j-1}^2\|_F`, since its trace can vanish or be negative.
+    :math:`t_j = \operatorname{tr} E_{j-1}^2`. Any other, whose trace can vanish
+    or be negative, by the power of two :math:`t_j = 2^{k_j}` with
+    :math:`\max|E_j| \in [1/2, 1)`: every normalisation is then exact, and the
+    sum is returned in units of :math:`\log 2` (an exact sum of integers
+    :math:`2^{-j}k_j`, while it fits the mantissa).
 
     Masked per matrix, so that every matrix squares exactly its own q times:
     extra squarings would amplify rounding errors (:math:`2^q u`) for nothing.
@@ -332,21 +335,31 @@ def _square(
     # E_j^2 is symmetric only in exact arithmetic (XLA:CPU's float64 product
     # is not, bitwise); left alone, the antisymmetric part A feeds -A^T A into
     # the symmetric one at every squaring. The average is elementwise.
+    fi = np.finfo(dtype)
     square = (lambda x: _symmetric(_sq(x))) if symmetric else (lambda x: _mm(x, x))
-    norm = _trace if symmetric else (lambda x: jnp.sqrt(_pair(x, x)))
-    t0 = norm(t)
+
+    def norm(x):
+        """(t, log t) of x: the normaliser and its log (log2 for powers of two)."""
+        if symmetric:
+            t = _trace(x)
+            return t, jnp.log(t)
+        mx = jnp.max(jnp.abs(lax.stop_gradient(x)), axis=(-2, -1))
+        k = jnp.clip(_exponent(mx), fi.minexp, fi.maxexp - 1)
+        return _pow2(k, dtype), k.astype(dtype)
+
+    t0, log_t0 = norm(t)
 
     def step(carry):
         j, e_j, acc, w = carry
         sq = square(e_j)
-        t_j = norm(sq)
+        t_j, log_t_j = norm(sq)
         active = j < q
         e_j = jnp.where(active[..., None, None], sq / t_j[..., None, None], e_j)
         w = 0.5 * w  # 2^-(j+1), exact while it matters (it underflows only for q > 1000)
-        acc = acc + jnp.where(active, w * jnp.log(t_j), 0)
+        acc = acc + jnp.where(active, w * log_t_j, 0)
         return j + 1, e_j, acc, w
 
-    init = (jnp.asarray(0, jnp.int32), t / t0[..., None, None], jnp.log(t0), jnp.asarray(1, dtype))
+    init = (jnp.asarray(0, jnp.int32), t / t0[..., None, None], log_t0, jnp.asarray(1, dtype))
     if transposable:
 
         def skip(c, steps):
@@ -415,7 +428,7 @@ def _ell(c, ell_b, q, log2_eta, k: int) -> jax.Array:
     return jnp.where(q > MAX_SQUARINGS, jnp.nan, c + ell_b)
 
 
-def _times_pow2(x: jax.Array, q: jax.Array) -> jax.Array:
+def times_pow2(x: jax.Array, q: jax.Array) -> jax.Array:
     """x 2^q, in two exact factors (2^q alone can exceed the range)."""
     qh = q // 2
     return x * _pow2(qh, x.dtype) * _pow2(q - qh, x.dtype)
@@ -462,7 +475,7 @@ def log_trace_and_weights(
     # max|e_hat|, and eigenvalues of e_hat down to -7e-4 for -1e8 X^T X in float32).
     t = _symmetric(_block(ys, 0) + _last(ys, rest))
     e_hat, acc = _square(t, q, transposable)
-    ell = _ell(c, _times_pow2(acc, q), q, log2_eta, ys.p[0].shape[-1])
+    ell = _ell(c, times_pow2(acc, q), q, log2_eta, ys.p[0].shape[-1])
     e_hat = jnp.where((q > MAX_SQUARINGS)[..., None, None], jnp.nan, e_hat)
     return ell.astype(out_dtype), e_hat.astype(out_dtype)
 
@@ -496,26 +509,27 @@ def log_trace(a: jax.Array) -> jax.Array:
     t = _block(ys, 0) + ys.f[-1] * p_rest
     e_last, acc = _square(t, jnp.maximum(q - 1, 0), transposable=False)
     # The q-th squaring's trace t_q = ||E_{q-1}||_F^2, weighted 2^-q in acc.
-    squared = _times_pow2(acc, q) + jnp.log(_pair(e_last, e_last))
+    squared = times_pow2(acc, q) + jnp.log(_pair(e_last, e_last))
     ell_b = jnp.where(q > 0, squared, jnp.log(trace_t))
     ell = _ell(c, ell_b, q, log2_eta, ys.p[0].shape[-1])
     return ell.astype(out_dtype)
 
 
-def log_scale_and_direction(
-    a: jax.Array, *, transposable: bool = False
-) -> tuple[jax.Array, jax.Array]:
-    r""":math:`e^{A} = e^{L} E` with :math:`\|E\|_F = 1`, for any real square ``a``.
+def exp_factors(a: jax.Array, *, transposable: bool = False) -> tuple[jax.Array, ...]:
+    r""":math:`e^{A} = e^{c}\,2^{k} E`, :math:`\max|E_{ij}| \in [1/2, 1)`, any real square ``a``.
 
     The same scaling, Taylor polynomial and squarings as
-    :func:`log_trace_and_weights`, for matrices that need not be symmetric:
-    the squarings are normalised by the Frobenius norm (the trace of a
-    non-symmetric matrix can vanish), the number of squarings comes from the
-    norms of :math:`B^s` and :math:`B` rather than the eigenvalues (see
-    :func:`_theta_general`), and nothing is symmetrised. :math:`L = c + 2^q(\log
-    t_0 + \sum_j 2^{-j}\log t_j)` never overflows. Relative errors of :math:`E`
-    are about :math:`2^q u` times the conditioning of :math:`e^{A}` (large for
-    far-from-normal :math:`A`).
+    :func:`log_trace_and_weights`, for matrices that need not be symmetric: the
+    number of squarings comes from the norms of :math:`B^s` and :math:`B` rather
+    than the eigenvalues (see :func:`_theta_general`), nothing is symmetrised,
+    and every squaring is normalised by a power of two (the trace of a
+    non-symmetric matrix can vanish). So :math:`c = \operatorname{tr}A/d` and
+    :math:`k = 2^q\sum_j 2^{-j}k_j` (an integer in the dtype, exact while it
+    fits the mantissa) carry the scale and never overflow, and no normalisation
+    rounds: a matrix whose exponential is exactly representable, such as that of
+    a DAG's adjacency (:math:`\operatorname{tr} e^{A} = d`), comes out exactly.
+    Relative errors of :math:`E` are about :math:`2^q u` times the conditioning
+    of :math:`e^{A}` (large for far-from-normal :math:`A`).
 
     Args:
         a: ``(..., d, d)`` real matrices, ``d >= 1``. NaN or inf anywhere in a
@@ -523,18 +537,19 @@ def log_scale_and_direction(
         transposable: as :func:`log_trace_and_weights`.
 
     Returns:
-        ``(L, E)`` of shapes ``(...)`` and ``(..., d, d)`` in the dtype of ``a``.
+        ``(c, k, E)`` of shapes ``(...)``, ``(...)`` and ``(..., d, d)`` in the
+        dtype of ``a``.
 
     Example:
         >>> import jax.numpy as jnp
-        >>> log_scale, e = log_scale_and_direction(jnp.array([[0.0, 1.0], [0.0, 0.0]]))
-        >>> [[round(float(v * jnp.exp(log_scale)), 6) for v in row] for row in e]
+        >>> c, k, e = exp_factors(jnp.array([[0.0, 1.0], [0.0, 0.0]]))
+        >>> [[float(v * jnp.exp(c) * 2**k) for v in row] for row in e]
         [[1.0, 1.0], [0.0, 1.0]]
     """
     c, ys, q, _, out_dtype = _prepared(a, symmetric=False)
     t = _block(ys, 0) + _last(ys, _taylor_rest(ys, _DEGREE[ys.p[0].dtype]))
     e, acc = _square(t, q, transposable, symmetric=False)
     beyond = q > MAX_SQUARINGS  # the polynomial would be evaluated out of its range
-    log_scale = jnp.where(beyond, jnp.nan, c + _times_pow2(acc, q))
+    k = jnp.where(beyond, jnp.nan, times_pow2(acc, q))
     e = jnp.where(beyond[..., None, None], jnp.nan, e)
-    return log_scale.astype(out_dtype), e.astype(out_dtype)
+    return c.astype(out_dtype), k.astype(out_dtype), e.astype(out_dtype)
