@@ -15,7 +15,9 @@ from benchmarks import cases, checks, environment, flops, programs, report, runn
 
 JSON_NAME, MARKDOWN_NAME, PLOT_NAME = "benchmark.json", "benchmark.md", "benchmark.png"
 # Defaults that differ between the quick sweep and --full.
-QUICK = {"dtypes": "float32", "repeats": 5, "budget": 15.0}
+# Quick rounds: 11, since a case near a target (plain evaluation of wide 64x2048 is
+# Gram-bound, about 1.2x its peer) moves by 0.8-1.4x from round to round here.
+QUICK = {"dtypes": "float32", "repeats": 11, "budget": 15.0}
 FULL = {"dtypes": "float32,float64", "repeats": 10, "budget": 120.0}
 PRECISIONS = ("highest", "default")  # jaxtrace always uses highest
 DESCRIPTION = (
@@ -24,7 +26,7 @@ DESCRIPTION = (
     "the eigh method against its core, HVPs against value-and-grad and NOTEARS' h(W) = "
     "trace_expm(W * W) - d against autodiff of jax.scipy.linalg.expm; check the targets and "
     "tabulate a flop model. Without --full, a quick sweep of 20 cases and 8 extra rows (core, "
-    "HVPs, NOTEARS): about 10 minutes on 2 CPU cores (measured on a busy host). --full runs 64 "
+    "HVPs, NOTEARS): about 5 minutes on 2 idle CPU cores. --full runs 64 "
     "cases, float64 too, and the same extra rows: expect well over an hour there."
 )
 
@@ -64,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where benchmark.json, .md and .png go (benchmark-results)",
     )
     add("--platform", choices=("cpu", "gpu", "tpu"), help="(JAX's default backend)")
-    add("--repeats", type=int, help="most timed rounds per case (quick 5, full 10)")
+    add("--repeats", type=int, help="most timed rounds per case (quick 11, full 10)")
     add(
         "--budget",
         type=float,
