@@ -17,10 +17,14 @@ from jaxtrace._src import taylor
 from tests.reference import (
     log_peer,
     mp_dscale,
+    mp_expm,
+    mp_trace_expm,
     mp_trace_expm_gram,
     orthonormal,
     peer,
     rel_err,
+    square_cases,
+    square_tolerance,
     with_singular_values,
 )
 
@@ -124,24 +128,41 @@ def large_eigenvalues() -> None:
 
 def square_matrices() -> None:
     """trace_expm and log_trace_expm against mpmath's expm of the matrix, with the tests' bound."""
-    from tests.test_trace_expm import CASES, _mp_reference, _tolerance
-
     for dt in ("float32", "float64"):
         with jax.enable_x64(dt == "float64"):
-            for name, a in sorted(CASES.items()):
+            for name, a in sorted(square_cases().items()):
                 a = a.astype(dt)
                 parts = []
                 for fn_name, fn in (("trace", trace_expm), ("log", log_trace_expm)):
-                    ref_value, ref_grad = _mp_reference(a, fn_name == "log")
+                    ref_value, ref_grad = mp_trace_expm(a, fn_name == "log")
                     value, grad = jax.jit(jax.value_and_grad(fn))(jnp.asarray(a))
                     grad_err = np.max(np.abs(np.asarray(grad, np.float64) - ref_grad))
                     parts.append(
                         f"{fn_name} value {abs(float(value) - ref_value) / abs(ref_value):.1e} "
                         f"grad {grad_err / np.max(np.abs(ref_grad)):.1e} "
-                        f"(bound {_tolerance(a, dt, fn_name == 'log'):.0e})"
+                        f"(bound {square_tolerance(a, dt, fn_name == 'log'):.0e})"
                     )
                 d = a.shape[0]
                 print(f"square vs mpmath, {dt}, {name} {d}x{d}: " + "; ".join(parts))
+
+
+def near_dags(count: int = 200, d: int = 10) -> None:
+    """float32 tr exp(W o W) of random sparse W, trace_expm against jax.scipy.linalg.expm."""
+    rng = np.random.default_rng(0)
+    ours, peers = [], []
+    f = jax.jit(trace_expm)
+    g = jax.jit(lambda a: jnp.trace(jax.scipy.linalg.expm(a)))
+    for _ in range(count):
+        w = rng.standard_normal((d, d)) * (rng.random((d, d)) < 0.3) * 0.5
+        a = (w * w).astype(np.float32)
+        ref = float(np.trace(mp_expm(a).astype(np.float64)))
+        ours.append(abs(float(f(jnp.asarray(a))) - ref) / ref)
+        peers.append(abs(float(g(jnp.asarray(a))) - ref) / ref)
+    print(
+        f"near-DAGs, float32, {count} sparse {d}x{d} W: tr exp(W o W) relative error "
+        f"trace_expm max {max(ours):.1e} (median {np.median(ours):.1e}), "
+        f"jax.scipy.linalg.expm max {max(peers):.1e} (median {np.median(peers):.1e})"
+    )
 
 
 if __name__ == "__main__":
@@ -149,3 +170,4 @@ if __name__ == "__main__":
     hessians()
     large_eigenvalues()
     square_matrices()
+    near_dags()

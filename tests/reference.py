@@ -1,11 +1,14 @@
 """References independent of jaxtrace: mpmath at high precision, and the peer.
 
 The mpmath reference exponentiates the full n x n matrix s X X^T with
-``mpmath.expm`` (no eigendecomposition, no smaller-Gram identity), so it shares
-nothing with the code under test.
+``mpmath.expm`` (no eigendecomposition, no smaller-Gram identity), and for
+``trace_expm`` the square matrix A itself, so it shares nothing with the code
+under test.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -250,3 +253,57 @@ def rel_err(a, b) -> float:
     b = np.asarray(b, dtype=np.float64)
     denom = max(np.max(np.abs(b)) if b.size else 0.0, np.finfo(np.float64).tiny)
     return float(np.max(np.abs(a - b)) / denom) if a.size else 0.0
+
+
+# tr exp(A) of square A (trace_expm, log_trace_expm): mpmath's expm of A itself.
+
+
+def square_cases() -> dict[str, np.ndarray]:
+    """Square matrices for trace_expm: non-symmetric, nilpotent, defective (a Jordan
+    block), non-negative, symmetric indefinite and of large norm."""
+    rng = np.random.default_rng(13)
+    w = rng.standard_normal((8, 8)) * (rng.random((8, 8)) < 0.3)
+    return {
+        "nonsymmetric": rng.standard_normal((5, 5)),
+        "nilpotent": np.triu(rng.standard_normal((6, 6)), 1) * 3,
+        "jordan": 2 * np.eye(5) + np.eye(5, k=1),
+        "nonnegative": w * w,  # NOTEARS' W o W
+        "symmetric_indefinite": (lambda s: 2 * (s + s.T))(rng.standard_normal((6, 6))),
+        "large_norm": rng.standard_normal((6, 6)) * 12,
+    }
+
+
+def mp_expm(a: np.ndarray) -> np.ndarray:
+    """expm(A) at 50 digits, as an object array of mpf."""
+    with mpmath.workdps(50):
+        e = mpmath.expm(mpmath.matrix(np.asarray(a, np.float64).tolist()))
+        return np.array(e.tolist(), dtype=object)
+
+
+def mp_trace_expm(a: np.ndarray, log: bool) -> tuple[float, np.ndarray]:
+    """(value, gradient) in float64: tr e^A and e^(A^T), or their log forms."""
+    with mpmath.workdps(50):
+        e = mp_expm(a)
+        tr = sum(e[i, i] for i in range(a.shape[0]))
+        grad = np.array(e.T.tolist(), dtype=object)
+        if log:
+            value, grad = mpmath.log(tr), grad / tr
+        else:
+            value = tr
+        return float(value), grad.astype(np.float64)
+
+
+def square_tolerance(a: np.ndarray, dtype, log: bool) -> float:
+    """The issue's figure (1e-12 in float64, 2e-5 in float32), or the conditioning where worse.
+
+    The relative condition number of tr e^A under a relative perturbation of A
+    is at most ||A||_F ||e^A||_F / |tr e^A| (the gradient is e^(A^T)); the
+    squarings amplify the rounding of the polynomial by 2^q ~ ||A|| as well.
+    In float32 that is stated as 8 u times it.
+    """
+    base = 1e-12 if np.dtype(dtype) == np.float64 else 2e-5
+    e = mp_expm(a).astype(np.float64)
+    cond = np.linalg.norm(a) * np.linalg.norm(e) / abs(np.trace(e))
+    if log:
+        cond /= max(1.0, abs(math.log(abs(np.trace(e)))))
+    return max(base, 8 * float(np.finfo(dtype).eps) / 2 * cond)

@@ -10,68 +10,20 @@ import math
 
 import jax
 import jax.numpy as jnp
-import mpmath
 import numpy as np
 import pytest
 from jax import export
 from jax.test_util import check_grads
 
 from jaxtrace import log_trace_expm, trace_expm
+from tests.reference import mp_trace_expm, square_cases, square_tolerance
 from tests.test_methods import _PROGRAMS, assert_products_only
 
 FUNCS = {"trace": trace_expm, "log": log_trace_expm}
 DTYPES = [np.float32, np.float64]
 
 
-def _cases() -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(13)
-    w = rng.standard_normal((8, 8)) * (rng.random((8, 8)) < 0.3)
-    return {
-        "nonsymmetric": rng.standard_normal((5, 5)),
-        "nilpotent": np.triu(rng.standard_normal((6, 6)), 1) * 3,
-        "jordan": 2 * np.eye(5) + np.eye(5, k=1),
-        "nonnegative": w * w,  # NOTEARS' W o W
-        "symmetric_indefinite": (lambda s: 2 * (s + s.T))(rng.standard_normal((6, 6))),
-        "large_norm": rng.standard_normal((6, 6)) * 12,
-    }
-
-
-CASES = _cases()
-
-
-def _mp_expm(a: np.ndarray) -> np.ndarray:
-    with mpmath.workdps(50):
-        e = mpmath.expm(mpmath.matrix(np.asarray(a, np.float64).tolist()))
-        return np.array(e.tolist(), dtype=object)
-
-
-def _mp_reference(a: np.ndarray, log: bool) -> tuple[float, np.ndarray]:
-    """(value, gradient) in float64: tr e^A and e^(A^T), or their log forms."""
-    with mpmath.workdps(50):
-        e = _mp_expm(a)
-        tr = sum(e[i, i] for i in range(a.shape[0]))
-        grad = np.array(e.T.tolist(), dtype=object)
-        if log:
-            value, grad = mpmath.log(tr), grad / tr
-        else:
-            value = tr
-        return float(value), grad.astype(np.float64)
-
-
-def _tolerance(a: np.ndarray, dtype, log: bool) -> float:
-    """The issue's figure (1e-12 in float64, 2e-5 in float32), or the conditioning where worse.
-
-    The relative condition number of tr e^A under a relative perturbation of A
-    is at most ||A||_F ||e^A||_F / |tr e^A| (the gradient is e^(A^T)); the
-    squarings amplify the rounding of the polynomial by 2^q ~ ||A|| as well.
-    In float32 that is stated as 8 u times it.
-    """
-    base = 1e-12 if np.dtype(dtype) == np.float64 else 2e-5
-    e = _mp_expm(a).astype(np.float64)
-    cond = np.linalg.norm(a) * np.linalg.norm(e) / abs(np.trace(e))
-    if log:
-        cond /= max(1.0, abs(math.log(abs(np.trace(e)))))
-    return max(base, 8 * float(np.finfo(dtype).eps) / 2 * cond)
+CASES = square_cases()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -80,12 +32,12 @@ def _tolerance(a: np.ndarray, dtype, log: bool) -> float:
 def test_value_and_gradient_match_mpmath(x64, fn, name, dtype):
     a = CASES[name].astype(dtype)
     log = fn == "log"
-    ref_value, ref_grad = _mp_reference(a, log)
+    ref_value, ref_grad = mp_trace_expm(a, log)
     if log and not ref_value > -np.inf:
         pytest.skip("tr exp(A) <= 0: no log")
     value, grad = jax.jit(jax.value_and_grad(FUNCS[fn]))(jnp.asarray(a))
     assert value.dtype == dtype and grad.dtype == dtype and grad.shape == a.shape
-    tol = _tolerance(a, dtype, log)
+    tol = square_tolerance(a, dtype, log)
     np.testing.assert_allclose(float(value), ref_value, rtol=tol, atol=0)
     # Elementwise, relative to the gradient's largest entry.
     np.testing.assert_allclose(grad, ref_grad, rtol=tol, atol=tol * np.max(np.abs(ref_grad)))
@@ -108,7 +60,7 @@ def test_log_is_finite_where_the_trace_overflows(x64, dtype):
     # The value's own conditioning: a relative perturbation u of A moves it by u ||A||.
     np.testing.assert_allclose(float(value), 2000.0, rtol=0, atol=8 * u * 2000)
     # exp(A^T)/tr: the top eigenvector's outer product, e_1 (1, 5/2000 + ..., ...)^T.
-    ref = _mp_reference(a, log=True)[1]
+    ref = mp_trace_expm(a, log=True)[1]
     np.testing.assert_allclose(grad, ref, rtol=0, atol=8 * u * 2000 * np.max(np.abs(ref)))
 
 

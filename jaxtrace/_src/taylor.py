@@ -152,7 +152,7 @@ def _trace(x: jax.Array) -> jax.Array:
     return jnp.trace(x, axis1=-2, axis2=-1)
 
 
-def _pair(x: jax.Array, y: jax.Array) -> jax.Array:
+def pair(x: jax.Array, y: jax.Array) -> jax.Array:
     """<x, y> = tr(x^T y) over the last two axes."""
     return jnp.sum(x * y, axis=(-2, -1))
 
@@ -501,7 +501,7 @@ def log_trace(a: jax.Array) -> jax.Array:
     c, ys, q, log2_eta, out_dtype = _prepared(a)
     rest = _taylor_rest(ys, _DEGREE[ys.p[0].dtype])
     # Y^s and rest are symmetric polynomials of Y: tr(Y^s rest) = <Y^s, rest>.
-    trace_t = _trace(_block(ys, 0)) + ys.f[-1][..., 0, 0] * _pair(ys.p[-1], rest)
+    trace_t = _trace(_block(ys, 0)) + ys.f[-1][..., 0, 0] * pair(ys.p[-1], rest)
     # The product P_s rest only where a matrix squares; its factor is applied
     # outside, fused with the sum. T is not symmetrised: every squaring
     # symmetrises its result.
@@ -509,7 +509,7 @@ def log_trace(a: jax.Array) -> jax.Array:
     t = _block(ys, 0) + ys.f[-1] * p_rest
     e_last, acc = _square(t, jnp.maximum(q - 1, 0), transposable=False)
     # The q-th squaring's trace t_q = ||E_{q-1}||_F^2, weighted 2^-q in acc.
-    squared = times_pow2(acc, q) + jnp.log(_pair(e_last, e_last))
+    squared = times_pow2(acc, q) + jnp.log(pair(e_last, e_last))
     ell_b = jnp.where(q > 0, squared, jnp.log(trace_t))
     ell = _ell(c, ell_b, q, log2_eta, ys.p[0].shape[-1])
     return ell.astype(out_dtype)

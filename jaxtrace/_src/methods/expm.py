@@ -33,11 +33,6 @@ from jaxtrace._src import layouts, taylor
 from jaxtrace._src.numerics import PRECISION, log_below, repaired
 
 
-def _pair(a: jax.Array, b: jax.Array) -> jax.Array:
-    """<a, b> = tr(a^T b) over the last two dimensions."""
-    return jnp.sum(a * b, axis=(-2, -1))
-
-
 def _bounded(ell: jax.Array, g: jax.Array, s: jax.Array) -> jax.Array:
     # For s < 0 every eigenvalue of s G is <= 0, so ell <= log k.
     log_k = log_below(g.shape[-1], g.dtype)
@@ -59,7 +54,7 @@ def weights(g: jax.Array, s: jax.Array):
     """(ell, 1, E_hat, d ell / d s) of the k x k Gram ``g`` (..., k, k) at scale ``s``:
     top = ell and total = 1, so E_hat and d ell / d s need no unnormalising."""
     ell, e_hat = _kernel(s * g)
-    moment = _pair(g, e_hat)
+    moment = taylor.pair(g, e_hat)
     return _bounded(ell, g, s), jnp.ones_like(ell), e_hat, jnp.maximum(moment, 0)
 
 
@@ -76,16 +71,19 @@ def _weights_jvp(primals, tangents):
             lambda a: taylor.log_trace_and_weights(a, transposable=True), (s * g,), (s * dg,)
         )
     ell = _bounded(ell, g, s)
-    moment = _pair(g, e_hat)
+    moment = taylor.pair(g, e_hat)
     moment = repaired(moment, jnp.maximum(moment, 0))
-    dmoment = jnp.zeros_like(moment) if _zero(dg) else _pair(dg, e_hat) + _pair(g, de_hat)
+    if _zero(dg):
+        dmoment = jnp.zeros_like(moment)
+    else:
+        dmoment = taylor.pair(dg, e_hat) + taylor.pair(g, de_hat)
     if not _zero(ds):
         # Along ds the direction G commutes with A, so the derivatives are closed-form
         # (no squarings to amplify rounding): d ell = M, d E_hat = (G - M) E_hat and
         # d M = <(G - M)^2, E_hat>, a variance, kept >= 0 as the exact value is.
         z = g - moment[..., None, None] * jnp.eye(g.shape[-1], dtype=g.dtype)
         ze = jnp.matmul(z, e_hat, precision=PRECISION)
-        variance = _pair(z, ze)
+        variance = taylor.pair(z, ze)
         variance = repaired(variance, jnp.maximum(variance, 0))
         dell = dell + ds * moment
         de_hat = de_hat + ds[..., None, None] * 0.5 * (ze + jnp.swapaxes(ze, -1, -2))
